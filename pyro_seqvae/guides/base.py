@@ -1,0 +1,124 @@
+"""The guide contract: :class:`SequenceGuide` samples the model's ``z_t`` sites step by step.
+
+A guide refers to its model without owning it (``self._model = (model,)``, Pyro's AutoGuide
+idiom): the model's parameters keep their own names and are trained through both traces.
+"""
+
+from __future__ import annotations
+
+import pyro
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from ..errors import IncompatibleGuideError
+from ..layers import GaussianHead, broadcast_cat, check_positive_int
+from ..models.base import LatentSequenceModel, SequenceModel, _as_beta, gaussian
+
+
+class SequenceGuide(PyroModule):
+    """Base class of the guides ``q(z_{1:T} | x)``, called as ``guide(x, mask, beta=1.0)``.
+
+    At step ``t`` the guide forms ``q(z_t | .) = N(mu_q, v_q)`` from the per-step summary
+    ``a_t`` (:meth:`summarise`) and the model's context (``z_{t-1}`` for SRNN and DMM, ``h_{t-1}``
+    for VRNN): ``mu_q = NN1_q(context, a_t)``, ``log v_q = NN2_q(context, a_t)`` (SRNN eq. 12).
+    With ``residual=True`` the mean is ``NN1_p(z_{t-1}, d_t) + NN1_q(z_{t-1}, a_t)``, reusing the
+    model's prior-mean network on the guide's own sample (Res_q, SRNN Algorithm 1). After each
+    sample the guide advances the model's recurrence with it, so a VRNN guide conditions on the
+    same ``h_{t-1}`` as the model.
+
+    :param model: a :class:`~pyro_seqvae.models.LatentSequenceModel`.
+    :param bool residual: use the residual mean Res_q.
+    :param int hidden_dim: hidden width of ``NN1_q`` and ``NN2_q`` (500).
+    :param str name: root name in the param store (default: the class name).
+    """
+
+    #: Name used by the registry and the CLI's ``--guide``.
+    name = "guide"
+
+    def __init__(self, model, *, residual: bool = False, hidden_dim: int = 500,
+                 name: str | None = None):
+        self.check_compatible(model, residual=residual)
+        super().__init__(name=name or type(self).__name__)
+        self._model = (model,)
+        self.residual = bool(residual)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+
+    @classmethod
+    def check_compatible(cls, model, *, residual: bool = False):
+        """Raise :class:`IncompatibleGuideError` if this guide cannot be paired with ``model``."""
+        if not isinstance(model, SequenceModel):
+            raise IncompatibleGuideError(
+                f"{cls.__name__} needs a pyro_seqvae model, got {type(model).__name__}")
+        if not isinstance(model, LatentSequenceModel):
+            raise IncompatibleGuideError(
+                f"{cls.__name__} cannot guide {type(model).__name__}: it has no latent sites; "
+                "use EmptyGuide")
+        if residual and not model.has_learned_prior_loc:
+            raise IncompatibleGuideError(
+                f"{cls.__name__}(residual=True) cannot guide {type(model).__name__}: its prior "
+                "has no learned mean network NN1_p for the residual mean Res_q")
+
+    @property
+    def model(self):
+        """The model this guide belongs to (a reference, not a submodule)."""
+        return self._model[0]
+
+    def _build_head(self, summary_dim: int):
+        self.head = GaussianHead(summary_dim + self.model.context_dim, self.model.z_dim,
+                                 [self.hidden_dim])
+
+    def config(self) -> dict:
+        """The constructor's keyword arguments beyond the model (JSON-safe)."""
+        return {"residual": self.residual, "hidden_dim": self.hidden_dim}
+
+    def summarise(self, x, mask, pre):
+        """Per-step summaries ``a_t``: ``[B, T, A]``."""
+        raise NotImplementedError
+
+    def forward(self, x, mask, beta=1.0):
+        """Sample ``z_1 .. z_T`` (the model's sites) given ``x`` ``[B, T, D]`` and ``mask``."""
+        model = self.model
+        x, mask = model.check_batch(x, mask)
+        beta = _as_beta(beta, x)
+        B, T, _ = x.shape
+        pre = model.precompute(x, mask)
+        summary = self.summarise(x, mask, pre)
+        carry = model.initial_carry(x)
+        with pyro.plate("sequences", B, dim=-1):
+            for t in pyro.markov(range(T)):
+                pre_t = pre[:, t]
+                inputs = broadcast_cat([summary[:, t], model.context(carry, pre_t)])
+                loc, scale = self.head(inputs)
+                if self.residual:
+                    loc = loc + model.prior_loc(carry, pre_t)
+                with poutine.scale(scale=beta):
+                    z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]))
+                carry = model.advance(carry, pre_t, z_t)
+        return carry
+
+
+class EmptyGuide(PyroModule):
+    """The guide of a model without latent sites (the RNN baseline): it samples nothing."""
+
+    name = "none"
+
+    def __init__(self, model, *, name: str | None = None, **unused):
+        if not isinstance(model, SequenceModel) or model.has_latents:
+            raise IncompatibleGuideError(
+                f"EmptyGuide cannot guide {type(model).__name__}: it has latent sites z_t; "
+                "use FilteringGuide or SmoothingGuide")
+        super().__init__(name=name or type(self).__name__)
+        self._model = (model,)
+        self.residual = False
+
+    @property
+    def model(self):
+        return self._model[0]
+
+    def config(self) -> dict:
+        return {}
+
+    def forward(self, x, mask, beta=1.0):
+        return None
+
+

@@ -1,0 +1,197 @@
+"""Plain building blocks shared by models and guides.
+
+Every block is a :class:`~pyro.nn.PyroModule` so that its parameters enter Pyro's param store
+under the name of the root module that owns it (``SRNN.prior_loc_net.layers.0.weight``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from pyro.nn import PyroModule
+
+from .errors import ConfigError
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": lambda: nn.LeakyReLU(1.0 / 3.0),
+    "elu": nn.ELU,
+}
+
+#: Bounds of a predicted log-variance; exp(-12) and exp(8) keep the scale finite in float32.
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+def broadcast_cat(tensors) -> torch.Tensor:
+    """Concatenate along the last dimension after broadcasting the leading ones.
+
+    Needed where a ``[K, B, Z]`` particle sample meets a ``[B, H]`` deterministic state.
+    ``None`` entries are skipped.
+
+    :param list tensors: tensors ``[..., D_i]`` with broadcastable leading shapes.
+    :returns: ``[..., sum D_i]``.
+    :rtype: torch.Tensor
+    """
+    tensors = [t for t in tensors if t is not None]
+    if len(tensors) == 1:
+        return tensors[0]
+    batch = torch.broadcast_shapes(*[t.shape[:-1] for t in tensors])
+    return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], dim=-1)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence within its own length, leaving the padding in place.
+
+    :param torch.Tensor x: ``[B, T, D]`` batch-first padded sequences.
+    :param torch.Tensor lengths: ``[B]`` true lengths.
+    :returns: ``[B, T, D]`` with ``out[b, t] = x[b, lengths[b] - 1 - t]`` for ``t < lengths[b]``
+        and ``x[b, t]`` elsewhere. The map is its own inverse.
+    :rtype: torch.Tensor
+    """
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device).expand(x.shape[0], T)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` if it is a positive int, else raise a :class:`ConfigError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class MLP(PyroModule):
+    """A multilayer perceptron ``in_dim -> hidden_dims... -> out_dim``.
+
+    With ``out_dim=None`` the last hidden layer is the output (activated): a feature extractor
+    such as the VRNN's ``phi_x`` is then ``MLP(x_dim, [500])``.
+
+    :param int in_dim: input width.
+    :param list hidden_dims: widths of the hidden layers (the papers' music setting: ``[500]``).
+    :param int out_dim: output width, or None.
+    :param str activation: ``relu``, ``tanh``, ``leaky_relu`` (slope 1/3, SRNN speech) or ``elu``.
+    :param float clip: if given, hidden activations are clamped to ``[-clip, clip]`` (SRNN A.1).
+    """
+
+    def __init__(self, in_dim, hidden_dims=(500,), out_dim=None, *, activation="relu", clip=None):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ConfigError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        dims = [check_positive_int("in_dim", in_dim)] + [
+            check_positive_int("hidden_dims", h) for h in hidden_dims]
+        if out_dim is None and len(dims) == 1:
+            raise ConfigError("an MLP with out_dim=None needs at least one hidden layer")
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers.append(PyroModule[nn.Linear](a, b))
+            layers.append(_ACTIVATIONS[activation]())
+            if clip is not None:
+                layers.append(_Clamp(clip))
+        if out_dim is not None:
+            layers.append(PyroModule[nn.Linear](dims[-1], check_positive_int("out_dim", out_dim)))
+        self.layers = PyroModule[nn.Sequential](*layers)
+        self.out_dim = out_dim if out_dim is not None else dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _Clamp(nn.Module):
+    def __init__(self, bound: float):
+        super().__init__()
+        self.bound = float(bound)
+
+    def forward(self, x):
+        return x.clamp(-self.bound, self.bound)
+
+
+class GaussianHead(PyroModule):
+    """Map an input to the mean and scale of a diagonal Gaussian with two networks.
+
+    ``mu = NN1(input)``, ``log v = NN2(input)``, ``scale = exp(log v / 2)`` (SRNN eq. 9 and 12).
+    The mean network is exposed as ``loc_net`` so that Res_q can reuse the prior's.
+
+    :param int in_dim: input width.
+    :param int z_dim: output (latent) width.
+    :param list hidden_dims: hidden widths of each network.
+    """
+
+    def __init__(self, in_dim, z_dim, hidden_dims=(500,), *, activation="relu", clip=None):
+        super().__init__()
+        self.loc_net = MLP(in_dim, hidden_dims, z_dim, activation=activation, clip=clip)
+        self.logvar_net = MLP(in_dim, hidden_dims, z_dim, activation=activation, clip=clip)
+
+    def loc(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.loc_net(inputs)
+
+    def scale(self, inputs: torch.Tensor) -> torch.Tensor:
+        return (0.5 * self.logvar_net(inputs).clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
+
+    def forward(self, inputs: torch.Tensor):
+        return self.loc(inputs), self.scale(inputs)
+
+
+class RecurrentCell(PyroModule):
+    """A GRU or LSTM cell that accepts any leading batch shape.
+
+    The state is a single tensor ``[..., H]`` for a GRU and ``[..., 2H]`` (``h`` then ``c``)
+    for an LSTM, so that it can be carried and broadcast like any other tensor.
+
+    :param int in_dim: input width.
+    :param int hidden_dim: ``H``.
+    :param str kind: ``gru`` or ``lstm``.
+    """
+
+    def __init__(self, in_dim, hidden_dim, kind="gru"):
+        super().__init__()
+        if kind not in ("gru", "lstm"):
+            raise ConfigError(f"rnn_type must be 'gru' or 'lstm', got {kind!r}")
+        self.kind = kind
+        self.hidden_dim = check_positive_int("rnn_dim", hidden_dim)
+        cls = nn.GRUCell if kind == "gru" else nn.LSTMCell
+        self.cell = PyroModule[cls](in_dim, hidden_dim)
+
+    @property
+    def state_dim(self) -> int:
+        return self.hidden_dim * (1 if self.kind == "gru" else 2)
+
+    def output(self, state: torch.Tensor) -> torch.Tensor:
+        """The part of the state that the network reads: ``h`` (``[..., H]``)."""
+        return state if self.kind == "gru" else state[..., : self.hidden_dim]
+
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        batch_shape = torch.broadcast_shapes(inputs.shape[:-1], state.shape[:-1])
+        inputs = inputs.expand(batch_shape + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
+        state = state.expand(batch_shape + state.shape[-1:]).reshape(-1, state.shape[-1])
+        if self.kind == "gru":
+            new = self.cell(inputs, state)
+        else:
+            h, c = self.cell(inputs, (state[:, : self.hidden_dim], state[:, self.hidden_dim :]))
+            new = torch.cat([h, c], dim=-1)
+        return new.reshape(batch_shape + new.shape[-1:])
+
+
+class SequenceRNN(PyroModule):
+    """A fused GRU/LSTM over a whole padded batch, batch-first: ``[B, T, D] -> [B, T, H]``."""
+
+    def __init__(self, in_dim, hidden_dim, kind="gru"):
+        super().__init__()
+        if kind not in ("gru", "lstm"):
+            raise ConfigError(f"rnn_type must be 'gru' or 'lstm', got {kind!r}")
+        cls = nn.GRU if kind == "gru" else nn.LSTM
+        self.rnn = PyroModule[cls](in_dim, check_positive_int("rnn_dim", hidden_dim),
+                                   batch_first=True)
+        self.hidden_dim = hidden_dim
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(inputs)
+        return out
+
+
+def shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Return ``u`` with ``u_t = x_{t-1}`` and ``u_1 = 0``: ``[B, T, D] -> [B, T, D]``."""
+    return torch.cat([x.new_zeros(x.shape[:-2] + (1, x.shape[-1])), x[..., :-1, :]], dim=-2)

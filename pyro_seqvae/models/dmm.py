@@ -1,0 +1,96 @@
+"""DMM (Krishnan et al. 2017): the deep Markov model of Pyro's ``examples/dmm.py``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from pyro.nn import PyroModule, pyro_method
+
+from ..layers import MLP, check_positive_int
+from .base import Carry, LatentSequenceModel, gaussian
+
+
+class GatedTransition(PyroModule):
+    """The DMM's gated transition ``p(z_t | z_{t-1})`` (Krishnan et al. 2017, sec. 5).
+
+    ``g = sigmoid(W2 relu(W1 z))``, ``h = W4 relu(W3 z)``,
+    ``loc = (1 - g) * W_loc z + g * h`` (``W_loc`` starts at the identity),
+    ``scale = softplus(W_s relu(h))``. Shapes ``[..., Z] -> [..., Z]``.
+    """
+
+    def __init__(self, z_dim, transition_dim):
+        super().__init__()
+        self.gate = MLP(z_dim, [transition_dim], z_dim)
+        self.proposed_mean = MLP(z_dim, [transition_dim], z_dim)
+        self.z_to_loc = PyroModule[nn.Linear](z_dim, z_dim)
+        self.scale_net = PyroModule[nn.Linear](z_dim, z_dim)
+        with torch.no_grad():
+            self.z_to_loc.weight.copy_(torch.eye(z_dim))
+            self.z_to_loc.bias.zero_()
+
+    def loc(self, z):
+        gate = torch.sigmoid(self.gate(z))
+        return (1 - gate) * self.z_to_loc(z) + gate * self.proposed_mean(z)
+
+    def forward(self, z):
+        gate = torch.sigmoid(self.gate(z))
+        proposed = self.proposed_mean(z)
+        loc = (1 - gate) * self.z_to_loc(z) + gate * proposed
+        scale = nn.functional.softplus(self.scale_net(torch.relu(proposed)))
+        return loc, scale
+
+
+class DMM(LatentSequenceModel):
+    """The deep Markov model: ``z_t ~ N(GatedTransition(z_{t-1}))``, ``x_t ~ Emission(MLP(z_t))``.
+
+    Comparable with Pyro's ``examples/dmm.py`` (same transition and a two-hidden-layer
+    emitter; defaults ``z_dim=100, transition_dim=200, emission_dim=100``); here the emitter
+    outputs logits and ``z_0`` is a learned parameter shared by model and guide. Pair it with
+    :class:`~pyro_seqvae.guides.SmoothingGuide` for the example's backward-RNN guide.
+
+    :param int x_dim: ``D``.
+    :param int z_dim: latent width.
+    :param int transition_dim: hidden width of the gated transition.
+    :param int emission_dim: hidden width of the emitter's two layers.
+    """
+
+    def __init__(self, x_dim=88, *, z_dim=100, transition_dim=200, emission_dim=100,
+                 emission="bernoulli", emission_kwargs=None, name=None):
+        super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
+                         name=name)
+        self.transition_dim = check_positive_int("transition_dim", transition_dim)
+        self.emission_dim = check_positive_int("emission_dim", emission_dim)
+        self.transition = GatedTransition(z_dim, transition_dim)
+        self.emitter = MLP(z_dim, [emission_dim, emission_dim], self.emission.param_dim)
+        self.z_0 = nn.Parameter(torch.zeros(z_dim))
+
+    @property
+    def pre_dim(self):
+        return 0
+
+    @property
+    def context_dim(self):
+        return self.z_dim
+
+    @pyro_method
+    def precompute(self, x, mask):
+        return x.new_zeros(x.shape[:-1] + (0,))
+
+    @pyro_method
+    def initial_carry(self, x):
+        return Carry(z=self.z_0.expand(x.shape[0], self.z_dim))
+
+    def context(self, carry, pre_t):
+        return carry.z
+
+    @pyro_method
+    def prior_loc(self, carry, pre_t):
+        return self.transition.loc(carry.z)
+
+    @pyro_method
+    def prior(self, carry, pre_t):
+        return gaussian(*self.transition(carry.z))
+
+    @pyro_method
+    def emission_dist(self, pre, records):
+        return self.emission(self.emitter(records))

@@ -1,0 +1,58 @@
+"""The RNN baseline: an exact-likelihood autoregressive model with no latent variable."""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.nn import pyro_method
+
+from ..layers import MLP, SequenceRNN, check_positive_int, shift_right
+from .base import SequenceModel, check_choice
+
+
+class RNN(SequenceModel):
+    """``h_t = f(h_{t-1}, u_t)`` with ``u_t = x_{t-1}``; ``p(x_t | x_<t) = Emission(MLP(h_t))``.
+
+    ``log p(x)`` is exact (:meth:`log_likelihood`); as a Pyro model it has one observed site
+    ``x`` and no latent site, so it trains with :class:`~pyro_seqvae.guides.EmptyGuide`.
+
+    :param int x_dim: ``D``.
+    :param int rnn_dim: recurrent width (300).
+    :param int hidden_dim: hidden width of the output network (500).
+    :param str rnn_type: ``gru`` or ``lstm``.
+    """
+
+    def __init__(self, x_dim=88, *, rnn_dim=300, hidden_dim=500, rnn_type="gru",
+                 emission="bernoulli", emission_kwargs=None, name=None):
+        super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
+        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
+        self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
+        self.decoder = MLP(rnn_dim, [hidden_dim], self.emission.param_dim)
+
+    @pyro_method
+    def predictive(self, x):
+        """``p(x_t | x_<t)`` for every step: a distribution with batch ``[B, T]``, event ``[D]``."""
+        return self.emission(self.decoder(self.rnn(shift_right(x))))
+
+    def forward(self, x, mask, beta=1.0):
+        """The Pyro model: one observed site ``x`` (batch ``[B]``, event ``[T, D]``), masked."""
+        x, mask = self.check_batch(x, mask)
+        with pyro.plate("sequences", x.shape[0], dim=-1):
+            pyro.sample("x", self.predictive(x).mask(mask).to_event(1), obs=x)
+
+    def log_likelihood(self, x, mask):
+        """Exact ``log p(x)`` per sequence: ``sum_t mask_t log p(x_t | x_<t)``, shape ``[B]``."""
+        x, mask = self.check_batch(x, mask)
+        return (self.predictive(x).log_prob(x) * mask).sum(-1)
+
+    @torch.no_grad()
+    def sample(self, num_sequences, num_steps, *, prefix=None, guide=None):
+        """Draw ``[N, T, D]`` sequences, continuing ``prefix`` (``[P, D]`` or ``[N, P, D]``)."""
+        check_positive_int("num_sequences", num_sequences)
+        check_positive_int("num_steps", num_steps)
+        x, P = self._prepare_prefix(num_sequences, num_steps, prefix)
+        for t in range(P, num_steps):
+            x[:, t] = self.predictive(x[:, : t + 1]).sample()[:, t]
+        return x

@@ -1,0 +1,70 @@
+"""SRNN (Fraccaro et al. 2016): a state-space model stacked on a deterministic RNN."""
+
+from __future__ import annotations
+
+from pyro.nn import pyro_method
+
+from ..layers import MLP, GaussianHead, SequenceRNN, broadcast_cat, check_positive_int, shift_right
+from .base import Carry, LatentSequenceModel, check_choice, gaussian
+
+
+class SRNN(LatentSequenceModel):
+    """The stochastic recurrent neural network.
+
+    - ``d_t = GRU(d_{t-1}, u_t)`` with ``u_t = x_{t-1}``: one fused RNN call (SRNN eq. 2);
+    - prior ``p(z_t | z_{t-1}, d_t) = N(mu_p, v_p)``, ``mu_p = NN1_p(z_{t-1}, d_t)``,
+      ``log v_p = NN2_p(z_{t-1}, d_t)``, ``z_0 = 0`` (eq. 3, A.2);
+    - emission ``p(x_t | z_t, d_t)`` (eq. 4).
+
+    :param int x_dim: ``D``.
+    :param int z_dim: latent width (100).
+    :param int rnn_dim: width of ``d_t`` (300).
+    :param int hidden_dim: hidden width of every network (500).
+    :param str rnn_type: ``gru`` (the paper) or ``lstm``.
+
+    Example::
+
+        model = SRNN(x_dim=88)
+        guide = SmoothingGuide(model, residual=True)   # the paper's best: smoothing + Res_q
+    """
+
+    def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
+                 emission="bernoulli", emission_kwargs=None, name=None):
+        super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
+                         name=name)
+        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
+        self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
+        self.prior_net = GaussianHead(z_dim + rnn_dim, z_dim, [hidden_dim])
+        self.decoder = MLP(z_dim + rnn_dim, [hidden_dim], self.emission.param_dim)
+
+    @property
+    def pre_dim(self):
+        return self.rnn_dim
+
+    @property
+    def context_dim(self):
+        return self.z_dim
+
+    @pyro_method
+    def precompute(self, x, mask):
+        return self.rnn(shift_right(x))
+
+    def initial_carry(self, x):
+        return Carry(z=x.new_zeros(x.shape[0], self.z_dim))
+
+    def context(self, carry, pre_t):
+        return carry.z
+
+    @pyro_method
+    def prior_loc(self, carry, pre_t):
+        return self.prior_net.loc(broadcast_cat([carry.z, pre_t]))
+
+    @pyro_method
+    def prior(self, carry, pre_t):
+        return gaussian(*self.prior_net(broadcast_cat([carry.z, pre_t])))
+
+    @pyro_method
+    def emission_dist(self, pre, records):
+        return self.emission(self.decoder(broadcast_cat([records, pre])))

@@ -1,0 +1,100 @@
+"""VRNN (Chung et al. 2015): a recurrent state driven by both the data and the latents."""
+
+from __future__ import annotations
+
+import torch
+from pyro.nn import pyro_method
+
+from ..layers import MLP, GaussianHead, RecurrentCell, broadcast_cat, check_positive_int
+from .base import Carry, LatentSequenceModel, check_choice, gaussian
+
+
+class VRNN(LatentSequenceModel):
+    """The variational recurrent neural network.
+
+    - features ``phi_x(x_t)``, ``phi_z(z_t)``: one layer of ``hidden_dim`` units each;
+    - prior ``p(z_t | x_<t, z_<t) = N(phi_prior(h_{t-1}))`` (VRNN eq. 5);
+    - emission ``p(x_t | z_<=t, x_<t) = Emission(phi_dec(phi_z(z_t), h_{t-1}))`` (eq. 6);
+    - recurrence ``h_t = f(h_{t-1}, phi_x(x_t), phi_z(z_t))`` with a GRU or LSTM ``f`` (eq. 7).
+
+    Pair it with :class:`~pyro_seqvae.guides.FilteringGuide` for the paper's encoder
+    ``q(z_t | x_<=t, z_<t) = N(phi_enc(phi_x(x_t), h_{t-1}))`` (eq. 9).
+
+    :param int x_dim: ``D``.
+    :param int z_dim: latent width (music default 100).
+    :param int rnn_dim: recurrent width (300).
+    :param int hidden_dim: width of every network's hidden layer and of the features (500).
+    :param str rnn_type: ``gru`` or ``lstm``.
+
+    Example::
+
+        model = VRNN(x_dim=88)
+        guide = FilteringGuide(model)
+        svi = SVI(model, guide, ClippedAdam({"lr": 1e-3}), Trace_ELBO())
+        svi.step(batch.x, batch.mask)
+    """
+
+    state_depends_on_z = True
+    features_are_learned = True
+
+    def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
+                 emission="bernoulli", emission_kwargs=None, name=None):
+        super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
+                         name=name)
+        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
+        self.phi_x = MLP(x_dim, [hidden_dim])
+        self.phi_z = MLP(z_dim, [hidden_dim])
+        self.cell = RecurrentCell(2 * hidden_dim, rnn_dim, rnn_type)
+        self.decoder = MLP(hidden_dim + rnn_dim, [hidden_dim], self.emission.param_dim)
+        self._build_prior()
+
+    def _build_prior(self):
+        self.prior_net = GaussianHead(self.rnn_dim, self.z_dim, [self.hidden_dim])
+
+    @property
+    def pre_dim(self):
+        return self.hidden_dim
+
+    @property
+    def context_dim(self):
+        return self.rnn_dim
+
+    @property
+    def guide_feature_dim(self):
+        return self.hidden_dim
+
+    def guide_features(self, x, pre):
+        return pre
+
+    @pyro_method
+    def precompute(self, x, mask):
+        return self.phi_x(x)
+
+    def initial_carry(self, x):
+        return Carry(z=x.new_zeros(x.shape[0], self.z_dim),
+                     h=x.new_zeros(x.shape[0], self.cell.state_dim))
+
+    def context(self, carry, pre_t):
+        return self.cell.output(carry.h)
+
+    @pyro_method
+    def prior_loc(self, carry, pre_t):
+        return self.prior_net.loc(self.cell.output(carry.h))
+
+    @pyro_method
+    def prior(self, carry, pre_t):
+        return gaussian(*self.prior_net(self.cell.output(carry.h)))
+
+    def emission_input(self, carry, z_t):
+        return broadcast_cat([z_t, self.cell.output(carry.h)])
+
+    @pyro_method
+    def emission_dist(self, pre, records):
+        z, h = records.split([self.z_dim, self.rnn_dim], dim=-1)
+        return self.emission(self.decoder(torch.cat([self.phi_z(z), h], dim=-1)))
+
+    @pyro_method
+    def advance(self, carry, pre_t, z_t):
+        return Carry(z=z_t, h=self.cell(broadcast_cat([pre_t, self.phi_z(z_t)]), carry.h))
