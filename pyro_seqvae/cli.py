@@ -1,0 +1,303 @@
+"""The ``pyro-seqvae`` command line: ``train``, ``evaluate`` and ``sample``.
+
+Every user error (a :class:`~pyro_seqvae.errors.SeqVAEError`) ends the command with one line on
+stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, SeqVAEError
+
+logger = logging.getLogger("pyro_seqvae")
+
+
+# ---- argument parsing ----------------------------------------------------------------------------
+def _add_common(p):
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+
+
+def _add_data(p, default="jsb"):
+    p.add_argument("--data", default=default,
+                   help="'jsb' (embedded Bach chorales), a benchmark .pickle file, or a folder of "
+                        "MIDI files" + (f" (default: {default})" if default else
+                                        " (default: the data the run was trained on)"))
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only this many chorales of 'jsb' (quick trials)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache folder for built data sets (default: $PYRO_SEQVAE_CACHE or "
+                        "$XDG_CACHE_HOME/pyro-seqvae)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .emissions import EMISSIONS
+    from .guides import GUIDES
+    from .infer.elbo import ELBOS
+    from .models import MODELS
+
+    parser = argparse.ArgumentParser(
+        prog="pyro-seqvae", description="Sequential VAEs (VRNN, STORN, SRNN, DMM) in Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with SVI",
+                       description="Train a model with SVI. With no options: SRNN with the "
+                                   "smoothing guide and Res_q on the embedded chorales.")
+    _add_data(t)
+    t.add_argument("--model", default="srnn", help=f"one of {sorted(MODELS)} (default: srnn)")
+    t.add_argument("--guide", default=None,
+                   help=f"one of {sorted(GUIDES)} (default: smooth; none for rnn)")
+    t.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="residual guide mean Res_q (default: on for srnn/vrnn/dmm)")
+    t.add_argument("--emission", default="bernoulli",
+                   help=f"one of {sorted(EMISSIONS)} (default: bernoulli)")
+    t.add_argument("--z-dim", type=int, default=None, help="latent width (default: 100)")
+    t.add_argument("--rnn-dim", type=int, default=None, help="recurrent width (default: 300)")
+    t.add_argument("--hidden-dim", type=int, default=None,
+                   help="hidden layer width of every network (default: 500)")
+    t.add_argument("--rnn-type", choices=["gru", "lstm"], default=None,
+                   help="recurrent cell (default: gru)")
+    t.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    t.add_argument("--batch-size", type=int, default=16, help="sequences per update (default: 16)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--lr-decay", type=float, default=1.0,
+                   help="learning-rate factor per update (default: 1, no decay)")
+    t.add_argument("--clip-norm", type=float, default=10.0, help="gradient clipping (default: 10)")
+    t.add_argument("--beta-start", type=float, default=0.2,
+                   help="KL weight at the first update (default: 0.2, SRNN paper)")
+    t.add_argument("--beta-increment", type=float, default=None,
+                   help="KL weight added per update (default: 3e-4 as in the SRNN paper, raised "
+                        "so that beta reaches 1 by mid-run)")
+    t.add_argument("--elbo", choices=list(ELBOS), default="trace",
+                   help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
+                        "(analytic KL), iwae (RenyiELBO alpha=0) (default: trace)")
+    t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
+    t.add_argument("--particles", type=int, default=1,
+                   help="samples per update (the K of --elbo iwae) (default: 1)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation ELBO")
+    t.add_argument("--transpose", type=int, default=0,
+                   help="augment by random transposition of up to this many semitones")
+    t.add_argument("--out", default=None,
+                   help="run folder (default: runs/<model>-<guide>[-res]-seed<seed>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    t.add_argument("--eval-particles", type=int, default=0,
+                   help="after training, evaluate the test split with this many particles")
+    _add_common(t)
+
+    e = sub.add_parser("evaluate", help="ELBO and importance-sampled log-likelihood of a split")
+    e.add_argument("run", help="run folder or checkpoint file")
+    _add_data(e, default=None)
+    e.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                   help="split to evaluate (default: test)")
+    e.add_argument("--particles", type=int, default=500,
+                   help="importance samples per sequence (default: 500)")
+    e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    e.add_argument("--max-rows", type=int, default=100_000,
+                   help="memory bound: particle-steps per vectorised draw (default: 100000)")
+    e.add_argument("--out", default=None,
+                   help="results JSON (default: <run>/eval_<split>_K<particles>.json)")
+    _add_common(e)
+
+    s = sub.add_parser("sample", help="generate sequences as MIDI files and a piano-roll PNG")
+    s.add_argument("run", help="run folder or checkpoint file")
+    s.add_argument("--steps", type=int, default=128, help="steps per sequence (default: 128)")
+    s.add_argument("--num", type=int, default=4, help="number of sequences (default: 4)")
+    s.add_argument("--out", default="samples", help="output folder (default: samples)")
+    s.add_argument("--step-seconds", type=float, default=0.5,
+                   help="duration of one step in the MIDI files (default: 0.5)")
+    _add_common(s)
+    return parser
+
+
+# ---- commands --------------------------------------------------------------------------------
+def _check_writable(folder: Path):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{folder}: output folder is not writable ({exc.strerror})") from exc
+
+
+def _load_data(source, *, limit, cache_dir, progress):
+    from .data import load_dataset
+
+    return load_dataset(source, limit=limit, cache_dir=cache_dir, progress=progress)
+
+
+def cmd_train(args) -> int:
+    from .training import LAST, TrainConfig, Trainer
+
+    guide = args.guide or ("none" if args.model.lower() == "rnn" else "smooth")
+    residual = args.residual
+    if residual is None:
+        residual = args.model.lower() in ("srnn", "vrnn", "dmm") and guide not in ("none",)
+    model_kwargs = {k: v for k, v in (("z_dim", args.z_dim), ("rnn_dim", args.rnn_dim),
+                                      ("hidden_dim", args.hidden_dim),
+                                      ("rnn_type", args.rnn_type)) if v is not None}
+    if args.model.lower() == "rnn":
+        model_kwargs.pop("z_dim", None)
+    if args.model.lower() == "dmm":
+        model_kwargs = {k: v for k, v in model_kwargs.items() if k == "z_dim"}
+    config = TrainConfig(
+        data=args.data, model=args.model.lower(), guide=guide, residual=residual,
+        emission=args.emission, model_kwargs=model_kwargs, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+        clip_norm=args.clip_norm, beta_start=args.beta_start,
+        beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
+        num_particles=args.particles, seed=args.seed, device=args.device,
+        patience=args.patience, transpose=args.transpose, limit=args.limit)
+    out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
+                           f"-seed{config.seed}")
+    if args.resume and not (out / LAST).is_file():
+        raise ConfigError(f"--resume: no {LAST} in {out}")
+    _check_writable(out)
+    splits = _load_data(config.data, limit=config.limit, cache_dir=args.cache_dir,
+                        progress=not args.quiet)
+    import pyro
+
+    pyro.set_rng_seed(config.seed)
+    model, guide_module = config.build(splits.x_dim)
+    trainer = Trainer(model, guide_module, config, out_dir=out,
+                      progress=(not args.quiet) and sys.stderr.isatty())
+    start = time.perf_counter()
+    history = trainer.fit(splits, resume=out / LAST if args.resume else None)
+    minutes = (time.perf_counter() - start) / 60
+    last = history[-1] if history else {}
+    print(f"trained {type(model).__name__} + {type(guide_module).__name__}"
+          f"{' (Res_q)' if residual else ''} for {trainer.epoch} epochs in {minutes:.1f} min; "
+          f"best validation ELBO {trainer.best_valid:.4f} nats/step"
+          + (f" (last epoch {last.get('valid_elbo_per_step', float('nan')):.4f})"
+             if last else ""))
+    if args.eval_particles:
+        results = _evaluate(model, guide_module, splits.test, particles=args.eval_particles,
+                            batch_size=config.batch_size, seed=config.seed,
+                            device=trainer.device, max_rows=100_000,
+                            out=out / f"eval_test_K{args.eval_particles}.json",
+                            extra={"run": str(out), "data": config.data})
+        _print_results(results)
+    print(f"results in {out}/: metrics.jsonl, run.json, checkpoint_best.pt, checkpoint_last.pt")
+    print(f"next: pyro-seqvae evaluate {out}   |   pyro-seqvae sample {out}")
+    return 0
+
+
+def _load_run(run, device):
+    import pyro
+
+    from .training import TrainConfig, load_checkpoint, resolve_device
+    from .training.checkpoint import restore_modules
+
+    device = resolve_device(device)
+    payload = load_checkpoint(run, map_location=device)
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{payload['path']}: unusable config in checkpoint ({exc})") from exc
+    pyro.clear_param_store()
+    model, guide = config.build(payload["model_config"]["x_dim"])
+    restore_modules(payload, model, guide)
+    model.to(device).eval()
+    guide.to(device).eval()
+    return model, guide, config, payload, device
+
+
+def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_rows, out, extra):
+    from .infer.evaluation import evaluate_split
+    from .training.runlog import environment, write_json
+
+    start = time.perf_counter()
+    results = evaluate_split(model, guide, split, particles=particles, batch_size=batch_size,
+                             seed=seed, device=device, max_rows=max_rows)
+    results = {**results, **extra, "seconds": time.perf_counter() - start,
+               "environment": environment(device)}
+    _check_writable(Path(out).parent)
+    write_json(out, results)
+    results["path"] = str(out)
+    return results
+
+
+def _print_results(r):
+    khat = "n/a" if r["khat_max"] is None else f"{r['khat_max']:.2f}"
+    print(f"{r['split']}: {r['num_sequences']} sequences, {r['num_steps']} steps, "
+          f"K={r['particles']}\n"
+          f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
+          f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} "
+          f"(+- {r['is_stderr_per_step']:.4f})\n"
+          f"  Pareto k-hat max {khat}; sequences with k-hat > 0.7: {r['khat_over_0_7']}\n"
+          f"  written to {r['path']}")
+
+
+def cmd_evaluate(args) -> int:
+    from .errors import CheckpointError
+
+    model, guide, config, payload, device = _load_run(args.run, args.device)
+    source = args.data or config.data
+    limit = args.limit if args.data else (args.limit or config.limit)
+    splits = _load_data(source, limit=limit, cache_dir=args.cache_dir, progress=not args.quiet)
+    if splits.x_dim != model.x_dim:
+        raise CheckpointError(f"{payload['path']}: the model expects data of width "
+                              f"{model.x_dim} but {source} has width {splits.x_dim}")
+    split = getattr(splits, args.split)
+    run_dir = Path(payload["path"]).parent
+    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_K{args.particles}.json"
+    results = _evaluate(model, guide, split, particles=args.particles,
+                        batch_size=args.batch_size, seed=args.seed, device=device,
+                        max_rows=args.max_rows, out=out,
+                        extra={"run": str(run_dir), "checkpoint": payload["path"],
+                               "data": str(source), "model": config.model,
+                               "guide": config.guide, "residual": config.residual})
+    _print_results(results)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import pyro
+
+    from .data.midi import roll_to_midi
+    from .plotting import plot_piano_rolls
+
+    model, guide, config, payload, device = _load_run(args.run, args.device)
+    out = Path(args.out)
+    _check_writable(out)
+    pyro.set_rng_seed(args.seed)
+    rolls = model.sample(args.num, args.steps).cpu()
+    if model.x_dim != 88 or config.emission != "bernoulli":
+        raise ConfigError("sample writes MIDI for piano-roll models (88 keys, bernoulli) only")
+    paths = [roll_to_midi(roll, out / f"sample_{i:02d}.mid", step_seconds=args.step_seconds)
+             for i, roll in enumerate(rolls)]
+    png = out / "samples.png"
+    plot_piano_rolls(list(rolls), path=png, titles=[p.name for p in paths])
+    print(f"wrote {len(paths)} MIDI files and {png.name} to {out}/")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+    try:
+        return commands[args.command](args)
+    except SeqVAEError as exc:
+        print(f"pyro-seqvae {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"pyro-seqvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Evaluation of a trained model on a data split: ELBO and importance-sampled ``log p(x)``."""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from ..data.batching import iterate_batches
+from .importance import estimate_log_likelihood
+
+
+@torch.no_grad()
+def elbo_per_step(model, guide, batches, *, num_particles: int = 1) -> float:
+    """The ELBO (at ``beta = 1``) summed over sequences, divided by the number of real steps."""
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                      max_plate_nesting=1)
+    total, steps = 0.0, 0
+    for batch in batches:
+        total -= elbo.loss(model, guide, batch.x, batch.mask)
+        steps += int(batch.mask.sum())
+    return total / steps
+
+
+def evaluate_split(model, guide, split, *, particles: int = 500, batch_size: int = 16,
+                   seed: int = 0, device=None, max_rows: int = 100_000, progress=None) -> dict:
+    """Every figure of a split, under stable key names.
+
+    Keys: ``elbo_per_step`` (mean log weight over the K guide samples, an estimate of the ELBO),
+    ``elbo_stderr_per_step``, ``is_log_likelihood_per_step``, ``is_stderr_per_step`` (Monte-Carlo
+    standard errors), ``khat_max``, ``khat_over_0_7`` (PSIS, ArviZ), ``num_sequences``,
+    ``num_steps``, ``particles``, ``seed``, ``split``. Per-step figures are frame-weighted: the
+    sum over sequences divided by the total number of steps.
+
+    :param split: a :class:`~pyro_seqvae.data.sequences.Split`.
+    :param int particles: ``K``.
+    :param int seed: seeds the guide's samples.
+    :rtype: dict
+    """
+    pyro.set_rng_seed(seed)
+    was_training = model.training, guide.training
+    model.eval()
+    guide.eval()
+    try:
+        batches = iterate_batches(split, batch_size, bucket_by_length=True, device=device)
+        estimate = estimate_log_likelihood(model, guide, batches, num_particles=particles,
+                                           max_rows=max_rows, progress=progress)
+    finally:
+        model.train(was_training[0])
+        guide.train(was_training[1])
+    return {**estimate.per_step(), "seed": seed, "split": split.name}

@@ -1,0 +1,129 @@
+"""Run-level configuration: one frozen :class:`TrainConfig`, written as JSON beside the results."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..guides import default_guide_name, make_guide
+from ..infer.annealing import LinearKLSchedule
+from ..infer.elbo import ELBOS
+from ..models import make_model
+
+#: The SRNN paper's KL-annealing increment per update (sec. 5).
+PAPER_BETA_INCREMENT = 3e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (defaults: the SRNN paper's music setting).
+
+    :param str data: ``jsb``, a benchmark pickle or a MIDI folder.
+    :param str model: a name in :data:`~pyro_seqvae.models.MODELS`.
+    :param str guide: ``filter``, ``smooth`` or ``none`` (``None``: the model's default).
+    :param bool residual: the residual guide mean Res_q.
+    :param str emission: ``bernoulli``, ``gauss``, ``gmm``, ...
+    :param dict model_kwargs: extra model arguments (``z_dim``, ``rnn_dim``, ``hidden_dim`` ...).
+    :param dict guide_kwargs: extra guide arguments.
+    :param int epochs: passes over the training split.
+    :param int batch_size: sequences per update.
+    :param float lr: Adam learning rate.
+    :param float lr_decay: multiplicative learning-rate decay per update (ClippedAdam ``lrd``).
+    :param float clip_norm: gradient-norm clipping.
+    :param float beta_start: KL weight at update 0 (SRNN paper: 0.2).
+    :param float beta_increment: added to the KL weight per update (SRNN paper: 1e-4 or 3e-4).
+        ``None`` (the default): the paper's 3e-4, raised where needed so that beta reaches 1
+        by the middle of the run (a short run would otherwise never see beta = 1).
+    :param str elbo: ``trace``, ``jit``, ``meanfield`` or ``iwae``.
+    :param int num_particles: samples per update (``iwae``: the K of the bound).
+    :param int seed: seeds torch, Pyro, NumPy and the data order.
+    :param str device: ``cpu``, ``cuda``, ``cuda:1`` ...
+    :param int patience: stop after this many epochs without a better validation ELBO.
+    :param bool bucket_by_length: batch sequences of similar length together.
+    :param int pad_to_multiple: pad each batch's length to a multiple (JIT: one compile each).
+    :param int transpose: data augmentation: shift each training roll by a random number of
+        semitones in ``[-transpose, transpose]`` (piano rolls only; 0 disables).
+    :param int limit: use only this many chorales of ``jsb`` (quick runs and tests).
+    """
+
+    data: str = "jsb"
+    model: str = "srnn"
+    guide: str | None = None
+    residual: bool = False
+    emission: str = "bernoulli"
+    model_kwargs: dict = field(default_factory=dict)
+    guide_kwargs: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_decay: float = 1.0
+    clip_norm: float = 10.0
+    beta_start: float = 0.2
+    beta_increment: float | None = None
+    elbo: str = "trace"
+    num_particles: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    patience: int | None = None
+    bucket_by_length: bool = True
+    pad_to_multiple: int | None = None
+    transpose: int = 0
+    limit: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "num_particles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if self.elbo not in ELBOS:
+            raise ConfigError(f"unknown elbo {self.elbo!r}; expected one of {list(ELBOS)}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be a positive integer, got {self.patience!r}")
+        if self.transpose < 0:
+            raise ConfigError(f"transpose must be >= 0, got {self.transpose!r}")
+        if self.elbo == "jit" and self.pad_to_multiple is None:
+            object.__setattr__(self, "pad_to_multiple", 32)
+
+    def build(self, x_dim: int):
+        """Build ``(model, guide)`` for data of width ``x_dim``.
+
+        :raises ConfigError: unknown names.
+        :raises IncompatibleGuideError: an impossible model x guide pair.
+        """
+        model = make_model(self.model, x_dim=x_dim, emission=self.emission, **self.model_kwargs)
+        guide_name = self.guide if self.guide is not None else default_guide_name(model)
+        guide_kwargs = dict(self.guide_kwargs)
+        if guide_name.lower() not in ("none", "empty"):
+            guide_kwargs["residual"] = self.residual
+        elif self.residual:
+            raise ConfigError("residual=True needs a latent model and a filter or smooth guide")
+        return model, make_guide(guide_name, model, **guide_kwargs)
+
+    def kl_schedule(self, updates_per_epoch: int):
+        """The run's :class:`~pyro_seqvae.infer.LinearKLSchedule`."""
+        increment = self.beta_increment
+        if increment is None:
+            total = max(1, self.epochs * updates_per_epoch)
+            increment = max(PAPER_BETA_INCREMENT, (1.0 - self.beta_start) / (0.5 * total))
+        return LinearKLSchedule(self.beta_start, increment)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig fields {unknown}")
+        return cls(**data)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
