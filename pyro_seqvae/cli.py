@@ -147,11 +147,20 @@ def cmd_train(args) -> int:
                                       ("rnn_type", args.rnn_type)) if v is not None}
     if args.model.lower() == "rnn":
         model_kwargs.pop("z_dim", None)
-    if args.model.lower() == "dmm":
+    if args.model.lower() == "dmm":  # the DMM has its own widths (transition, emission)
         model_kwargs = {k: v for k, v in model_kwargs.items() if k == "z_dim"}
+        if args.hidden_dim is not None:
+            model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
+    guide_kwargs = {}
+    if guide not in ("none", "empty"):
+        if args.hidden_dim is not None:
+            guide_kwargs["hidden_dim"] = args.hidden_dim
+        if args.rnn_dim is not None:
+            guide_kwargs["summary_dim"] = args.rnn_dim
     config = TrainConfig(
         data=args.data, model=args.model.lower(), guide=guide, residual=residual,
-        emission=args.emission, model_kwargs=model_kwargs, epochs=args.epochs,
+        emission=args.emission, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs,
+        epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
