@@ -30,6 +30,9 @@ def _add_data(p, default="jsb"):
                    help="'jsb' (embedded Bach chorales), a benchmark .pickle file, or a folder of "
                         "MIDI files" + (f" (default: {default})" if default else
                                         " (default: the data the run was trained on)"))
+    p.add_argument("--kind", default=None,
+                   choices=["auto", "jsb", "pickle", "midi", "wav", "strokes"],
+                   help="reader of --data (default: auto, detected from the path)")
     p.add_argument("--limit", type=int, default=None,
                    help="use only this many chorales of 'jsb' (quick trials)")
     p.add_argument("--cache-dir", default=None,
@@ -56,8 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {sorted(GUIDES)} (default: smooth; none for rnn)")
     t.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="residual guide mean Res_q (default: on for srnn/vrnn/dmm)")
-    t.add_argument("--emission", default="bernoulli",
-                   help=f"one of {sorted(EMISSIONS)} (default: bernoulli)")
+    t.add_argument("--emission", default=None,
+                   help=f"one of {sorted(EMISSIONS)} (default: bernoulli; gauss with "
+                        "--preset speech)")
+    t.add_argument("--num-components", type=int, default=None,
+                   help="mixture components of --emission gmm or stroke (default: 20)")
+    t.add_argument("--preset", choices=["music", "speech"], default="music",
+                   help="network sizes: music (SRNN paper A.2: GRU 300, z 100, one 500-unit "
+                        "layer) or speech (A.1: GRU 1024, z 256, two 512-unit leaky-ReLU layers "
+                        "clipped at 3, Gaussian output, 200-sample frames, 40-step sequences); "
+                        "explicit options override it (default: music)")
+    t.add_argument("--frame-size", type=int, default=None,
+                   help="WAV data: samples per frame (default: 200)")
+    t.add_argument("--seq-len", type=int, default=None,
+                   help="WAV data: frames per sequence (default: 40, 0.5 s at 16 kHz)")
     t.add_argument("--z-dim", type=int, default=None, help="latent width (default: 100)")
     t.add_argument("--rnn-dim", type=int, default=None, help="recurrent width (default: 300)")
     t.add_argument("--hidden-dim", type=int, default=None,
@@ -129,10 +144,12 @@ def _check_writable(folder: Path):
         raise ConfigError(f"{folder}: output folder is not writable ({exc.strerror})") from exc
 
 
-def _load_data(source, *, limit, cache_dir, progress):
-    from .data import load_dataset
-
-    return load_dataset(source, limit=limit, cache_dir=cache_dir, progress=progress)
+#: Network settings of the SRNN paper (appendix A), the defaults of ``train --preset``.
+PRESETS = {
+    "music": {},
+    "speech": {"z_dim": 256, "rnn_dim": 1024, "hidden_dim": 512, "hidden_layers": 2,
+               "activation": "leaky_relu", "clip": 3.0, "emission": "gauss"},
+}
 
 
 def cmd_train(args) -> int:
@@ -142,24 +159,35 @@ def cmd_train(args) -> int:
     residual = args.residual
     if residual is None:
         residual = args.model.lower() in ("srnn", "vrnn", "dmm") and guide not in ("none",)
-    model_kwargs = {k: v for k, v in (("z_dim", args.z_dim), ("rnn_dim", args.rnn_dim),
-                                      ("hidden_dim", args.hidden_dim),
-                                      ("rnn_type", args.rnn_type)) if v is not None}
+    preset = dict(PRESETS[args.preset])
+    emission = args.emission or preset.pop("emission", "bernoulli")
+    preset.pop("emission", None)
+    network = {k: preset.pop(k) for k in ("hidden_layers", "activation", "clip") if k in preset}
+    explicit = {k: v for k, v in (("z_dim", args.z_dim), ("rnn_dim", args.rnn_dim),
+                                  ("hidden_dim", args.hidden_dim),
+                                  ("rnn_type", args.rnn_type)) if v is not None}
+    model_kwargs = {**preset, **network, **explicit}
     if args.model.lower() == "rnn":
         model_kwargs.pop("z_dim", None)
     if args.model.lower() == "dmm":  # the DMM has its own widths (transition, emission)
-        model_kwargs = {k: v for k, v in model_kwargs.items() if k == "z_dim"}
+        model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
     guide_kwargs = {}
     if guide not in ("none", "empty"):
-        if args.hidden_dim is not None:
-            guide_kwargs["hidden_dim"] = args.hidden_dim
-        if args.rnn_dim is not None:
-            guide_kwargs["summary_dim"] = args.rnn_dim
+        guide_kwargs.update(network)
+        if "hidden_dim" in model_kwargs and model_kwargs["hidden_dim"] != 500:
+            guide_kwargs["hidden_dim"] = model_kwargs["hidden_dim"]
+        if "rnn_dim" in model_kwargs and model_kwargs["rnn_dim"] != 300:
+            guide_kwargs["summary_dim"] = model_kwargs["rnn_dim"]
+    data_options = {k: v for k, v in (("frame_size", args.frame_size),
+                                      ("seq_len", args.seq_len)) if v is not None}
+    emission_kwargs = ({"num_components": args.num_components}
+                       if args.num_components is not None else {})
     config = TrainConfig(
         data=args.data, model=args.model.lower(), guide=guide, residual=residual,
-        emission=args.emission, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs,
+        data_kind=args.kind or "auto", data_options=data_options, emission=emission,
+        emission_kwargs=emission_kwargs, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs,
         epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
@@ -171,8 +199,7 @@ def cmd_train(args) -> int:
     if args.resume and not (out / LAST).is_file():
         raise ConfigError(f"--resume: no {LAST} in {out}")
     _check_writable(out)
-    splits = _load_data(config.data, limit=config.limit, cache_dir=args.cache_dir,
-                        progress=not args.quiet)
+    splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
     import pyro
 
     pyro.set_rng_seed(config.seed)
@@ -251,8 +278,12 @@ def cmd_evaluate(args) -> int:
 
     model, guide, config, payload, device = _load_run(args.run, args.device)
     source = args.data or config.data
-    limit = args.limit if args.data else (args.limit or config.limit)
-    splits = _load_data(source, limit=limit, cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.data or args.kind or args.limit is not None:
+        config = config.replace(data=source, data_kind=args.kind or config.data_kind,
+                                limit=args.limit if args.data else (args.limit or config.limit))
+    normalisation = payload.get("extra", {}).get("data", {}).get("normalisation")
+    splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet,
+                              normalisation=normalisation)
     if splits.x_dim != model.x_dim:
         raise CheckpointError(f"{payload['path']}: the model expects data of width "
                               f"{model.x_dim} but {source} has width {splits.x_dim}")
@@ -271,22 +302,41 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sample(args) -> int:
     import pyro
+    import torch
 
-    from .data.midi import roll_to_midi
-    from .plotting import plot_piano_rolls
+    from .atomic import atomic_torch_save
 
     model, guide, config, payload, device = _load_run(args.run, args.device)
     out = Path(args.out)
     _check_writable(out)
     pyro.set_rng_seed(args.seed)
-    rolls = model.sample(args.num, args.steps).cpu()
-    if model.x_dim != 88 or config.emission != "bernoulli":
-        raise ConfigError("sample writes MIDI for piano-roll models (88 keys, bernoulli) only")
-    paths = [roll_to_midi(roll, out / f"sample_{i:02d}.mid", step_seconds=args.step_seconds)
-             for i, roll in enumerate(rolls)]
-    png = out / "samples.png"
-    plot_piano_rolls(list(rolls), path=png, titles=[p.name for p in paths])
-    print(f"wrote {len(paths)} MIDI files and {png.name} to {out}/")
+    samples = model.sample(args.num, args.steps).cpu()
+    atomic_torch_save(samples, out / "samples.pt")
+    norm = payload.get("extra", {}).get("data", {}).get("normalisation") or {}
+    mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
+    if config.emission == "bernoulli" and model.x_dim == 88:
+        from .data.midi import roll_to_midi
+        from .plotting import plot_piano_rolls
+
+        paths = [roll_to_midi(roll, out / f"sample_{i:02d}.mid", step_seconds=args.step_seconds)
+                 for i, roll in enumerate(samples)]
+        plot_piano_rolls(list(samples), path=out / "samples.png", titles=[p.name for p in paths])
+        written = f"{len(paths)} MIDI files and samples.png"
+    elif config.emission == "stroke":
+        from .data.strokes import render_strokes
+
+        for i, seq in enumerate(samples):
+            render_strokes(seq, out / f"sample_{i:02d}.png", mean=mean, std=std)
+        written = f"{len(samples)} stroke drawings (PNG)"
+    else:
+        from .data.waveform import frames_to_wav
+
+        rate = config.data_options.get("sample_rate", 16000)
+        for i, seq in enumerate(samples):
+            frames_to_wav(seq.to(torch.float32), out / f"sample_{i:02d}.wav", sample_rate=rate,
+                          mean=mean, std=std)
+        written = f"{len(samples)} WAV files"
+    print(f"wrote {written} and samples.pt to {out}/")
     return 0
 
 

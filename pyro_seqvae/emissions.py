@@ -3,6 +3,10 @@
 A model's decoder network outputs ``param_dim`` numbers per step; an :class:`Emission` turns
 them into a distribution with ``event_dim=1`` over ``x_t`` (``[..., D]``). Models never look
 inside an emission, so Gaussian and mixture outputs plug in without touching them.
+
+Registered names (:data:`EMISSIONS`, the CLI's ``--emission``): ``bernoulli`` (piano rolls),
+``gauss`` (diagonal Gaussian), ``gmm`` (mixture of diagonal Gaussians) and ``stroke``
+(bivariate Gaussian mixture with correlation plus a pen-up bit, ``x_t = (dx, dy, pen)``).
 """
 
 from __future__ import annotations

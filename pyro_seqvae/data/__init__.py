@@ -2,7 +2,7 @@
 
 :func:`load_dataset` is the single entry point; it returns :class:`Splits` of ``[T, 88]``
 binary rolls from the music21 Bach chorales (``"jsb"``), a benchmark pickle, or a folder of
-MIDI files.
+MIDI files, and of continuous ``[T, D]`` sequences from a folder of WAV files or pen strokes.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from pyro_seqvae.data.sequences import Split, Splits
 from pyro_seqvae.errors import ConfigError, DataError
 
 __all__ = [
+    "KINDS",
+    "detect_kind",
     "load_dataset",
     "Split",
     "Splits",
@@ -59,53 +61,96 @@ __all__ = [
 ]
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
+_STROKE_SUFFIXES = (".jsonl", ".ndjson", ".npz", ".npy", ".json")
+_MIDI_SUFFIXES = (".mid", ".midi")
+_WAV_SUFFIXES = (".wav", ".wave")
+#: The kinds of source :func:`load_dataset` reads.
+KINDS = ("auto", "jsb", "pickle", "midi", "wav", "strokes")
+
+
+def _folder_kind(path: Path) -> str:
+    suffixes = {f.suffix.lower() for f in path.rglob("*") if f.is_file()}
+    for kind, known in (("wav", _WAV_SUFFIXES), ("midi", _MIDI_SUFFIXES),
+                        ("strokes", _STROKE_SUFFIXES)):
+        if suffixes & set(known):
+            return kind
+    raise DataError(f"{path}: the folder holds no MIDI (.mid), WAV (.wav) or stroke "
+                    f"(.jsonl/.npz/.npy) files")
+
+
+def detect_kind(source) -> str:
+    """Which reader ``source`` needs: ``jsb``, ``pickle``, ``midi``, ``wav`` or ``strokes``."""
+    if isinstance(source, str) and source.strip().lower() == "jsb":
+        return "jsb"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _folder_kind(path)
+    suffix = path.suffix.lower()
+    if suffix in _MIDI_SUFFIXES:
+        raise DataError(f"{source}: a single MIDI file is not a data set; give a folder of them")
+    if suffix in _STROKE_SUFFIXES:
+        return "strokes"
+    if suffix in _PICKLE_SUFFIXES or path.is_file():
+        return "pickle"
+    raise DataError(
+        f"{source}: no such file or folder; expected 'jsb', a benchmark pickle "
+        f"(.pickle/.pkl), a folder of MIDI or WAV files, or a stroke file (.jsonl/.npz)"
+    )
 
 
 def load_dataset(
     source: str | os.PathLike,
     *,
+    kind: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     steps_per_beat: int | None = None,
     fs: float | None = None,
     progress: bool = True,
     limit: int | None = None,
+    **options,
 ) -> Splits:
-    """Load a data set of piano rolls.
+    """Load a data set as train/valid/test :class:`Splits` of ``[T, D]`` sequences.
 
     :param source: ``"jsb"`` (any case) for the music21 Bach chorales (:func:`build_jsb`); a
         ``.pickle``/``.pkl`` path or any other existing file for a benchmark pickle
-        (:func:`load_pickle`); a folder of MIDI files (:func:`load_midi_folder`).
+        (:func:`load_pickle`); a folder of MIDI files (:func:`load_midi_folder`); a folder of WAV
+        files (:func:`~pyro_seqvae.data.waveform.load_wav_folder`); a stroke file or folder
+        (:func:`~pyro_seqvae.data.strokes.load_strokes`).
+    :param str kind: one of :data:`KINDS`; ``auto`` detects it from ``source``.
     :param cache_dir: cache directory for ``"jsb"``.
     :param int steps_per_beat: grid of a MIDI folder.
     :param float fs: grid of a MIDI folder, in steps per second.
     :param bool progress: show a progress bar while building ``"jsb"``.
     :param int limit: build only this many chorales (``"jsb"`` only).
+    :param options: passed to the WAV or stroke reader (``frame_size``, ``seq_len``,
+        ``normalisation`` ...).
     :returns: the train, valid and test splits.
     :rtype: Splits
     :raises DataError: if ``source`` is none of the above.
     """
-    is_jsb = isinstance(source, str) and source.strip().lower() == "jsb"
-    if not is_jsb and limit is not None:
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    kind = detect_kind(source) if kind == "auto" else kind
+    if kind != "jsb" and limit is not None:
         raise ConfigError(f"limit applies to 'jsb' only, not to {source!r}")
-    if not is_jsb and (steps_per_beat is not None or fs is not None):
-        if not Path(source).is_dir():
+    if kind != "midi" and (steps_per_beat is not None or fs is not None):
+        if kind == "jsb":
             raise ConfigError(
-                f"steps_per_beat and fs apply to MIDI folders only, not to {source!r}"
-            )
-    if is_jsb:
-        if steps_per_beat not in (None, 1) or fs is not None:
-            raise ConfigError(
-                "'jsb' is quantised to one step per quarter note; drop steps_per_beat/fs"
-            )
+                "'jsb' is quantised to one step per quarter note; drop steps_per_beat/fs")
+        raise ConfigError(f"steps_per_beat and fs apply to MIDI folders only, not to {source!r}")
+    if options and kind not in ("wav", "strokes"):
+        raise ConfigError(f"options {sorted(options)} apply to WAV and stroke data only")
+    if kind == "jsb":
         return build_jsb(cache_dir=cache_dir, limit=limit, progress=progress)
     path = Path(source).expanduser()
-    if path.is_dir():
+    if kind == "midi":
         return load_midi_folder(path, steps_per_beat=steps_per_beat, fs=fs)
-    if path.suffix.lower() in (".mid", ".midi"):
-        raise DataError(f"{source}: a single MIDI file is not a data set; give a folder of them")
-    if path.suffix.lower() in _PICKLE_SUFFIXES or path.is_file():
-        return load_pickle(path)
-    raise DataError(
-        f"{source}: no such file or folder; expected 'jsb', a benchmark pickle "
-        f"(.pickle/.pkl) or a folder of MIDI files"
-    )
+    if kind == "wav":
+        from pyro_seqvae.data.waveform import load_wav_folder
+
+        return load_wav_folder(path, **options)
+    if kind == "strokes":
+        from pyro_seqvae.data.strokes import load_strokes
+
+        return load_strokes(path, **options)
+    return load_pickle(path)

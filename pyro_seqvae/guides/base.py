@@ -29,6 +29,9 @@ class SequenceGuide(PyroModule):
     :param model: a :class:`~pyro_seqvae.models.LatentSequenceModel`.
     :param bool residual: use the residual mean Res_q.
     :param int hidden_dim: hidden width of ``NN1_q`` and ``NN2_q`` (500).
+    :param int hidden_layers: hidden layers per network (1; SRNN speech: 2).
+    :param str activation: hidden activation (``relu``; SRNN speech: ``leaky_relu``).
+    :param float clip: clamp hidden activations to ``[-clip, clip]``.
     :param str name: root name in the param store (default: the class name).
     """
 
@@ -36,12 +39,15 @@ class SequenceGuide(PyroModule):
     name = "guide"
 
     def __init__(self, model, *, residual: bool = False, hidden_dim: int = 500,
+                 hidden_layers: int = 1, activation: str = "relu", clip=None,
                  name: str | None = None):
         self.check_compatible(model, residual=residual)
         super().__init__(name=name or type(self).__name__)
         self._model = (model,)
         self.residual = bool(residual)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        self.activation, self.clip = activation, clip
 
     @classmethod
     def check_compatible(cls, model, *, residual: bool = False):
@@ -65,11 +71,21 @@ class SequenceGuide(PyroModule):
 
     def _build_head(self, summary_dim: int):
         self.head = GaussianHead(summary_dim + self.model.context_dim, self.model.z_dim,
-                                 [self.hidden_dim])
+                                 self.hidden, **self.nn_kwargs)
+
+    @property
+    def hidden(self) -> list:
+        return [self.hidden_dim] * self.hidden_layers
+
+    @property
+    def nn_kwargs(self) -> dict:
+        return {"activation": self.activation, "clip": self.clip}
 
     def config(self) -> dict:
         """The constructor's keyword arguments beyond the model (JSON-safe)."""
-        return {"residual": self.residual, "hidden_dim": self.hidden_dim}
+        return {"residual": self.residual, "hidden_dim": self.hidden_dim,
+                "hidden_layers": self.hidden_layers, "activation": self.activation,
+                "clip": self.clip}
 
     def summarise(self, x, mask, pre):
         """Per-step summaries ``a_t``: ``[B, T, A]``."""
@@ -102,7 +118,11 @@ class EmptyGuide(PyroModule):
 
     name = "none"
 
-    def __init__(self, model, *, name: str | None = None, **unused):
+    def __init__(self, model, *, residual: bool = False, name: str | None = None):
+        if residual:
+            raise IncompatibleGuideError(
+                f"EmptyGuide(residual=True) cannot guide {type(model).__name__}: an empty guide "
+                "has no mean to make residual")
         if not isinstance(model, SequenceModel) or model.has_latents:
             raise IncompatibleGuideError(
                 f"EmptyGuide cannot guide {type(model).__name__}: it has latent sites z_t; "

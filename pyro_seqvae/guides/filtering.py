@@ -17,6 +17,7 @@ class FilteringGuide(SequenceGuide):
     :param model: a latent model.
     :param bool residual: Res_q (SRNN Algorithm 1).
     :param int hidden_dim: hidden width of every network of the guide (500).
+    :param network: ``hidden_layers``, ``activation``, ``clip`` (see :class:`SequenceGuide`).
     :param int summary_dim: width of ``a_t`` when ``NN_a`` is used (300).
 
     Example::
@@ -26,14 +27,16 @@ class FilteringGuide(SequenceGuide):
 
     name = "filter"
 
-    def __init__(self, model, *, residual=False, hidden_dim=500, summary_dim=300, name=None):
-        super().__init__(model, residual=residual, hidden_dim=hidden_dim, name=name)
+    def __init__(self, model, *, residual=False, hidden_dim=500, summary_dim=300, name=None,
+                 **network):
+        super().__init__(model, residual=residual, hidden_dim=hidden_dim, name=name, **network)
         self.summary_dim = check_positive_int("summary_dim", summary_dim)
         if model.features_are_learned:
             self.summary_net = None
             self._build_head(model.guide_feature_dim)
         else:
-            self.summary_net = MLP(model.guide_feature_dim, [hidden_dim], summary_dim)
+            self.summary_net = MLP(model.guide_feature_dim, self.hidden, summary_dim,
+                                   **self.nn_kwargs)
             self._build_head(summary_dim)
 
     def config(self):

@@ -19,6 +19,7 @@ class SmoothingGuide(SequenceGuide):
     :param model: a latent model.
     :param bool residual: Res_q (SRNN Algorithm 1).
     :param int hidden_dim: hidden width of ``NN1_q``, ``NN2_q`` (500).
+    :param network: ``hidden_layers``, ``activation``, ``clip`` (see :class:`SequenceGuide`).
     :param int summary_dim: width of the backward GRU, i.e. of ``a_t`` (300).
     :param str rnn_type: ``gru`` or ``lstm``.
 
@@ -30,8 +31,8 @@ class SmoothingGuide(SequenceGuide):
     name = "smooth"
 
     def __init__(self, model, *, residual=False, hidden_dim=500, summary_dim=300,
-                 rnn_type="gru", name=None):
-        super().__init__(model, residual=residual, hidden_dim=hidden_dim, name=name)
+                 rnn_type="gru", name=None, **network):
+        super().__init__(model, residual=residual, hidden_dim=hidden_dim, name=name, **network)
         self.summary_dim = check_positive_int("summary_dim", summary_dim)
         self.rnn_type = rnn_type
         self.backward_rnn = SequenceRNN(model.guide_feature_dim, summary_dim, rnn_type)

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 ELBOS = ("trace", "jit", "meanfield", "iwae")
 
 
-class JitELBOByLength:
+class JitELBOByLength(ELBO):
     """``JitTrace_ELBO`` with one compiled trace per padded sequence length.
 
     Pyro's JIT cache keys compiled functions by the number of arguments, not by tensor shapes,
@@ -28,6 +28,9 @@ class JitELBOByLength:
 
     def __init__(self, **kwargs):
         self.kwargs = dict(kwargs, ignore_jit_warnings=True)
+        # an ELBO subclass, so that SVI calls loss_and_grads (it treats other objects as a
+        # plain loss callable)
+        super().__init__(**self.kwargs)
         self._by_length = {}
         torch._C._set_graph_executor_optimize(False)
 
@@ -36,6 +39,9 @@ class JitELBOByLength:
         if T not in self._by_length:
             self._by_length[T] = JitTrace_ELBO(**self.kwargs)
         return self._by_length[T]
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self._elbo(args[0])._get_trace(model, guide, args, kwargs)
 
     @staticmethod
     def _check_beta(args, kwargs):
@@ -47,12 +53,16 @@ class JitELBOByLength:
         self._check_beta((x, mask) + args, kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # torch >= 2.9 deprecates torch.jit.trace, which JitTrace_ELBO is built on
+            warnings.filterwarnings("ignore", "`torch.jit.trace` is", DeprecationWarning)
             return self._elbo(x).loss(model, guide, x, mask, *args, **kwargs)
 
     def loss_and_grads(self, model, guide, x, mask, *args, **kwargs):
         self._check_beta((x, mask) + args, kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # torch >= 2.9 deprecates torch.jit.trace, which JitTrace_ELBO is built on
+            warnings.filterwarnings("ignore", "`torch.jit.trace` is", DeprecationWarning)
             return self._elbo(x).loss_and_grads(model, guide, x, mask, *args, **kwargs)
 
 

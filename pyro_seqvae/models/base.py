@@ -108,11 +108,12 @@ class SequenceModel(PyroModule):
         if prefix is None:
             return x, 0
         prefix = torch.as_tensor(prefix, dtype=like.dtype, device=like.device)
+        given = tuple(prefix.shape)
         if prefix.dim() == 2:
             prefix = prefix.expand(num_sequences, *prefix.shape)
         if prefix.dim() != 3 or prefix.shape[0] != num_sequences or prefix.shape[-1] != self.x_dim:
             raise DataError(f"prefix must be [P, {self.x_dim}] or [{num_sequences}, P, "
-                            f"{self.x_dim}], got {tuple(prefix.shape)}")
+                            f"{self.x_dim}], got {given}")
         if prefix.shape[1] > num_steps:
             raise DataError(f"prefix has {prefix.shape[1]} steps but num_steps={num_steps}")
         x[:, : prefix.shape[1]] = prefix

@@ -20,16 +20,24 @@ class RNN(SequenceModel):
     :param int rnn_dim: recurrent width (300).
     :param int hidden_dim: hidden width of the output network (500).
     :param str rnn_type: ``gru`` or ``lstm``.
+    :param int hidden_layers: hidden layers per network (music: 1; SRNN speech: 2).
+    :param str activation: ``relu``; ``leaky_relu`` (slope 1/3) for the SRNN speech setting.
+    :param float clip: clamp hidden activations to ``[-clip, clip]`` (SRNN speech: 3).
     """
 
     def __init__(self, x_dim=88, *, rnn_dim=300, hidden_dim=500, rnn_type="gru",
-                 emission="bernoulli", emission_kwargs=None, name=None):
+                 hidden_layers=1, activation="relu", clip=None, emission="bernoulli",
+                 emission_kwargs=None, name=None):
         super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
         self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
+        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        self.activation, self.clip = activation, clip
+        hidden = [hidden_dim] * hidden_layers
+        nn_kw = {"activation": activation, "clip": clip}
         self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
-        self.decoder = MLP(rnn_dim, [hidden_dim], self.emission.param_dim)
+        self.decoder = MLP(rnn_dim, hidden, self.emission.param_dim, **nn_kw)
 
     @pyro_method
     def predictive(self, x):

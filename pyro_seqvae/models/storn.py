@@ -18,7 +18,7 @@ class STORN(VRNN):
 
     has_learned_prior_loc = False
 
-    def _build_prior(self):
+    def _build_prior(self, hidden, nn_kw):
         pass
 
     @pyro_method

@@ -25,6 +25,9 @@ class VRNN(LatentSequenceModel):
     :param int rnn_dim: recurrent width (300).
     :param int hidden_dim: width of every network's hidden layer and of the features (500).
     :param str rnn_type: ``gru`` or ``lstm``.
+    :param int hidden_layers: hidden layers per network (music: 1; SRNN speech: 2).
+    :param str activation: ``relu``; ``leaky_relu`` (slope 1/3) for the SRNN speech setting.
+    :param float clip: clamp hidden activations to ``[-clip, clip]`` (SRNN speech: 3).
 
     Example::
 
@@ -38,20 +41,25 @@ class VRNN(LatentSequenceModel):
     features_are_learned = True
 
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
-                 emission="bernoulli", emission_kwargs=None, name=None):
+                 hidden_layers=1, activation="relu", clip=None, emission="bernoulli",
+                 emission_kwargs=None, name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
                          name=name)
         self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
-        self.phi_x = MLP(x_dim, [hidden_dim])
-        self.phi_z = MLP(z_dim, [hidden_dim])
+        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        self.activation, self.clip = activation, clip
+        hidden = [hidden_dim] * hidden_layers
+        nn_kw = {"activation": activation, "clip": clip}
+        self.phi_x = MLP(x_dim, hidden, **nn_kw)
+        self.phi_z = MLP(z_dim, hidden, **nn_kw)
         self.cell = RecurrentCell(2 * hidden_dim, rnn_dim, rnn_type)
-        self.decoder = MLP(hidden_dim + rnn_dim, [hidden_dim], self.emission.param_dim)
-        self._build_prior()
+        self.decoder = MLP(hidden_dim + rnn_dim, hidden, self.emission.param_dim, **nn_kw)
+        self._build_prior(hidden, nn_kw)
 
-    def _build_prior(self):
-        self.prior_net = GaussianHead(self.rnn_dim, self.z_dim, [self.hidden_dim])
+    def _build_prior(self, hidden, nn_kw):
+        self.prior_net = GaussianHead(self.rnn_dim, self.z_dim, hidden, **nn_kw)
 
     @property
     def pre_dim(self):

@@ -19,11 +19,14 @@ PAPER_BETA_INCREMENT = 3e-4
 class TrainConfig:
     """Everything that defines a training run (defaults: the SRNN paper's music setting).
 
-    :param str data: ``jsb``, a benchmark pickle or a MIDI folder.
+    :param str data: ``jsb``, a benchmark pickle, a MIDI or WAV folder, or a stroke file.
+    :param str data_kind: the reader (``auto`` detects it; see ``load_dataset``).
+    :param dict data_options: options of the WAV or stroke reader (``frame_size``, ``seq_len``).
     :param str model: a name in :data:`~pyro_seqvae.models.MODELS`.
     :param str guide: ``filter``, ``smooth`` or ``none`` (``None``: the model's default).
     :param bool residual: the residual guide mean Res_q.
-    :param str emission: ``bernoulli``, ``gauss``, ``gmm``, ...
+    :param str emission: ``bernoulli``, ``gauss``, ``gmm``, ``stroke``.
+    :param dict emission_kwargs: e.g. ``{"num_components": 20}``.
     :param dict model_kwargs: extra model arguments (``z_dim``, ``rnn_dim``, ``hidden_dim`` ...).
     :param dict guide_kwargs: extra guide arguments.
     :param int epochs: passes over the training split.
@@ -48,10 +51,13 @@ class TrainConfig:
     """
 
     data: str = "jsb"
+    data_kind: str = "auto"
+    data_options: dict = field(default_factory=dict)
     model: str = "srnn"
     guide: str | None = None
     residual: bool = False
     emission: str = "bernoulli"
+    emission_kwargs: dict = field(default_factory=dict)
     model_kwargs: dict = field(default_factory=dict)
     guide_kwargs: dict = field(default_factory=dict)
     epochs: int = 10
@@ -97,7 +103,8 @@ class TrainConfig:
         :raises ConfigError: unknown names.
         :raises IncompatibleGuideError: an impossible model x guide pair.
         """
-        model = make_model(self.model, x_dim=x_dim, emission=self.emission, **self.model_kwargs)
+        model = make_model(self.model, x_dim=x_dim, emission=self.emission,
+                           emission_kwargs=self.emission_kwargs, **self.model_kwargs)
         guide_name = self.guide if self.guide is not None else default_guide_name(model)
         guide_kwargs = dict(self.guide_kwargs)
         if guide_name.lower() not in ("none", "empty"):
@@ -113,6 +120,16 @@ class TrainConfig:
             total = max(1, self.epochs * updates_per_epoch)
             increment = max(PAPER_BETA_INCREMENT, (1.0 - self.beta_start) / (0.5 * total))
         return LinearKLSchedule(self.beta_start, increment)
+
+    def load_data(self, *, cache_dir=None, progress=True, normalisation=None):
+        """Load this run's data (with a checkpoint's ``normalisation`` where it has one)."""
+        from ..data import load_dataset
+
+        options = dict(self.data_options)
+        if normalisation is not None:
+            options["normalisation"] = normalisation
+        return load_dataset(self.data, kind=self.data_kind, limit=self.limit,
+                            cache_dir=cache_dir, progress=progress, **options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

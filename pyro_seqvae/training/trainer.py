@@ -6,6 +6,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -89,6 +90,8 @@ class Trainer:
         self.step = 0
         self.best_valid = -math.inf
         self.history = []
+        #: What a checkpoint must carry about the data: its source, width and normalisation.
+        self.data_info = {}
         model.to(self.device)
         guide.to(self.device)
         claim_param_store(model, guide)
@@ -99,7 +102,8 @@ class Trainer:
             return None
         return save_checkpoint(self.out_dir / name, model=self.model, guide=self.guide,
                                optim=self.optim, config=self.config, epoch=self.epoch,
-                               step=self.step, best_valid=self.best_valid, extra=extra)
+                               step=self.step, best_valid=self.best_valid,
+                               extra={**self.data_info, **(extra or {})})
 
     def resume(self, path):
         """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch and step."""
@@ -133,6 +137,10 @@ class Trainer:
                                bucket_by_length=self.config.bucket_by_length,
                                pad_to_multiple=self.config.pad_to_multiple, device=self.device)
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all())
+                   for module in (self.model, self.guide) for p in module.parameters())
+
     def train_epoch(self, split) -> dict:
         """One pass over ``split``; returns the annealed objective per step and the last beta."""
         from tqdm.auto import tqdm
@@ -149,11 +157,22 @@ class Trainer:
             if self.config.transpose:
                 x = transpose_rolls(x, self.config.transpose, generator)
             beta = self._beta()
-            loss = self.svi.step(x, batch.mask, beta)
+            what = "loss"
+            try:
+                with warnings.catch_warnings():
+                    # a NaN loss is reported below as a DivergenceError, not as a warning too
+                    warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                    loss = self.svi.step(x, batch.mask, beta)
+            except ValueError:
+                # with validation on (the default), NaN weights make a distribution's
+                # argument check fail before any loss is computed
+                if self._weights_finite():
+                    raise
+                loss, what = math.nan, "a weight"
             if not math.isfinite(loss):
                 last = self.out_dir / LAST if self.out_dir is not None else None
                 raise DivergenceError(
-                    f"loss became {loss} at epoch {self.epoch + 1}, update {self.step + 1}; "
+                    f"{what} became {loss} at epoch {self.epoch + 1}, update {self.step + 1}; "
                     + (f"the last good checkpoint is kept at {last}" if last else
                        "no checkpoint was being written")
                     + "; try a smaller lr or clip_norm")
@@ -172,6 +191,8 @@ class Trainer:
         """
         config = self.config
         self.schedule = config.kl_schedule(-(-len(splits.train) // config.batch_size))
+        self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
+                                   "normalisation": splits.info.get("normalisation")}}
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "run.json", {
@@ -188,7 +209,11 @@ class Trainer:
             pyro.set_rng_seed(config.seed)
             self.save(LAST)  # a good checkpoint exists before the first update
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
-        epochs_without_gain = 0
+        epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
+        for past in self.history:
+            gained = past["valid_elbo_per_step"] > best
+            best = max(best, past["valid_elbo_per_step"])
+            epochs_without_gain = 0 if gained else epochs_without_gain + 1
         while self.epoch < config.epochs:
             start = time.perf_counter()
             self.model.train()

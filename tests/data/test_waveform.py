@@ -210,6 +210,9 @@ def test_errors(tmp_path, folder):
     (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
     with pytest.raises(DataError, match="broken.wav"):
         load_wav_folder(folder)
+    skipping = load_wav_folder(folder, skip_errors=True)
+    assert "cannot read audio" in skipping.info["skipped"]["broken.wav"]
+    assert sum(len(s) for s in skipping) == 16
     few = tmp_path / "few"
     write(few / "a.wav", chirp_and_noise(8000, 16000), 16000)
     write(few / "b.wav", chirp_and_noise(8000, 16000), 16000)
