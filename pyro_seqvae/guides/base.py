@@ -98,8 +98,11 @@ class SequenceGuide(PyroModule):
         beta = _as_beta(beta, x)
         B, T, _ = x.shape
         pre = model.precompute(x, mask)
-        summary = self.summarise(x, mask, pre)
         carry = model.initial_carry(x)
+        states = model.guide_states if model.reuse_guide_states else None
+        if states is not None:
+            states.start(model, x, mask, pre, carry)
+        summary = self.summarise(x, mask, pre)
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
                 pre_t = pre[:, t]
@@ -109,7 +112,10 @@ class SequenceGuide(PyroModule):
                     loc = loc + model.prior_loc(carry, pre_t)
                 with poutine.scale(scale=beta):
                     z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]))
-                carry = model.advance(carry, pre_t, z_t)
+                new_carry = model.advance(carry, pre_t, z_t)
+                if states is not None and model.state_depends_on_z:
+                    states.record(carry, z_t, new_carry)
+                carry = new_carry
         return carry
 
 

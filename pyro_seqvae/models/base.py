@@ -21,6 +21,7 @@ from pyro.nn import PyroModule
 from ..emissions import make_emission
 from ..errors import ConfigError, DataError
 from ..layers import check_positive_int
+from .reuse import GuideStates
 
 
 class Carry(NamedTuple):
@@ -153,6 +154,10 @@ class LatentSequenceModel(SequenceModel):
                  name=None):
         super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
         self.z_dim = check_positive_int("z_dim", z_dim)
+        #: States the guide computed, reused when the model is replayed on its samples
+        #: (see :mod:`pyro_seqvae.models.reuse`); set ``reuse_guide_states = False`` to disable.
+        self.guide_states = GuideStates()
+        self.reuse_guide_states = True
 
     # ---- the step protocol -------------------------------------------------------------------
     @property
@@ -212,8 +217,13 @@ class LatentSequenceModel(SequenceModel):
         x, mask = self.check_batch(x, mask)
         beta = _as_beta(beta, x)
         B, T, _ = x.shape
-        pre = self.precompute(x, mask)
-        carry = self.initial_carry(x)
+        states = self.guide_states if self.reuse_guide_states else None
+        handed_over = states.precompute(self, x, mask) if states is not None else None
+        if handed_over is None:
+            states = None
+            pre, carry = self.precompute(x, mask), self.initial_carry(x)
+        else:
+            pre, carry = handed_over
         records = []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
@@ -221,9 +231,11 @@ class LatentSequenceModel(SequenceModel):
                 with poutine.scale(scale=beta):
                     z_t = pyro.sample(f"z_{t + 1}", self.prior(carry, pre_t).mask(mask[:, t]))
                 records.append(self.emission_input(carry, z_t))
-                carry = self.advance(carry, pre_t, z_t)
+                reused = states.advance(carry, z_t) if states is not None else None
+                carry = reused if reused is not None else self.advance(carry, pre_t, z_t)
             records = torch.stack(torch.broadcast_tensors(*records), dim=-2)
             pyro.sample("x", self.emission_dist(pre, records).mask(mask).to_event(1), obs=x)
+        self.guide_states.clear()
         return carry
 
     @torch.no_grad()

@@ -127,5 +127,11 @@ def test_guides_reuse_the_models_deterministic_states_under_its_names():
     assert "SRNN.prior_net.loc_net.layers.0.weight" in params  # NN1_p for Res_q
     assert "SRNN.prior_net.logvar_net.layers.0.weight" not in params  # the guide never needs v_p
     assert "SmoothingGuide.backward_rnn.rnn.weight_ih_l0" in params
+    # replayed on the guide's samples, the model reuses the guide's d_t (models/reuse.py): the
+    # GRU is then registered in the guide trace only, which SVI's optimizer reads as well
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
+    assert "SRNN.rnn.rnn.weight_ih_l0" not in model_trace.nodes
+    model.reuse_guide_states = False
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
     assert "SRNN.rnn.rnn.weight_ih_l0" in model_trace.nodes
