@@ -24,17 +24,16 @@ def test_all_tutorials_found():
                          "03_your_own_svi_script.ipynb", "04_your_own_midi.ipynb"]
 
 
-def _kernel_manager(tmp_path):
-    """A kernel that runs this interpreter (the test venv's), whatever kernelspecs exist."""
+def _install_test_kernel(tmp_path, monkeypatch) -> str:
+    """A kernelspec that runs this interpreter (the test venv's), found through JUPYTER_PATH,
+    so the notebooks run in the environment under test whatever kernelspecs are installed."""
     from ipykernel.kernelspec import write_kernel_spec
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
 
-    kernels = tmp_path / "kernels"
-    write_kernel_spec(kernels / "seqvae-test", overrides={
+    name = "pyro-seqvae-test"
+    write_kernel_spec(tmp_path / "jupyter" / "kernels" / name, overrides={
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]})
-    specs = KernelSpecManager(kernel_dirs=[str(kernels)])
-    return KernelManager(kernel_name="seqvae-test", kernel_spec_manager=specs)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return name
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -49,7 +48,8 @@ def test_tutorial_runs(name, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     client = nbclient.NotebookClient(
-        nb, km=_kernel_manager(tmp_path), timeout=TIMEOUT_S, allow_errors=False,
+        nb, kernel_name=_install_test_kernel(tmp_path, monkeypatch), timeout=TIMEOUT_S,
+        allow_errors=False,
         resources={"metadata": {"path": str(work)}})
     client.execute()
     errors = [out for cell in nb.cells if cell.cell_type == "code"

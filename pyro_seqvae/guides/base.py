@@ -109,7 +109,10 @@ class SequenceGuide(PyroModule):
                 inputs = broadcast_cat([summary[:, t], model.context(carry, pre_t)])
                 loc, scale = self.head(inputs)
                 if self.residual:
-                    loc = loc + model.prior_loc(carry, pre_t)
+                    prior_loc = model.prior_loc(carry, pre_t)
+                    loc = loc + prior_loc
+                    if states is not None:
+                        states.record_prior_loc(carry, prior_loc)
                 with poutine.scale(scale=beta):
                     z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]))
                 new_carry = model.advance(carry, pre_t, z_t)

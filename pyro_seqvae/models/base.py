@@ -131,7 +131,8 @@ class LatentSequenceModel(SequenceModel):
     - :meth:`initial_carry` ``(x) -> Carry``;
     - :meth:`context` ``(carry, pre_t) -> [..., C]``: the z-dependent state a guide conditions on
       (VRNN: ``h_{t-1}``; SRNN and DMM: ``z_{t-1}``);
-    - :meth:`prior_loc` and :meth:`prior` ``(carry, pre_t)``: ``p(z_t | .)``;
+    - :meth:`prior_loc` ``(carry, pre_t)`` and :meth:`prior` ``(carry, pre_t, loc=None)``:
+      ``p(z_t | .)``, whose mean is ``loc`` when the caller already has it (Res_q hand-over);
     - :meth:`emission_input` ``(carry, z_t) -> [..., R]``: what step ``t`` leaves for the emission;
     - :meth:`emission_dist` ``(pre, records [..., B, T, R]) -> Distribution`` batch ``[..., B, T]``;
     - :meth:`advance` ``(carry, pre_t, z_t) -> Carry``.
@@ -182,7 +183,7 @@ class LatentSequenceModel(SequenceModel):
     def prior_loc(self, carry: Carry, pre_t):
         raise NotImplementedError
 
-    def prior(self, carry: Carry, pre_t):
+    def prior(self, carry: Carry, pre_t, loc=None):
         raise NotImplementedError
 
     def emission_input(self, carry: Carry, z_t):
@@ -228,8 +229,10 @@ class LatentSequenceModel(SequenceModel):
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
                 pre_t = pre[:, t]
+                prior_loc = states.prior_loc(carry) if states is not None else None
                 with poutine.scale(scale=beta):
-                    z_t = pyro.sample(f"z_{t + 1}", self.prior(carry, pre_t).mask(mask[:, t]))
+                    z_t = pyro.sample(f"z_{t + 1}",
+                                      self.prior(carry, pre_t, loc=prior_loc).mask(mask[:, t]))
                 records.append(self.emission_input(carry, z_t))
                 reused = states.advance(carry, z_t) if states is not None else None
                 carry = reused if reused is not None else self.advance(carry, pre_t, z_t)

@@ -88,8 +88,9 @@ class DMM(LatentSequenceModel):
         return self.transition.loc(carry.z)
 
     @pyro_method
-    def prior(self, carry, pre_t):
-        return gaussian(*self.transition(carry.z))
+    def prior(self, carry, pre_t, loc=None):
+        transition_loc, scale = self.transition(carry.z)  # loc and scale share a hidden layer
+        return gaussian(transition_loc if loc is None else loc, scale)
 
     @pyro_method
     def emission_dist(self, pre, records):

@@ -70,8 +70,10 @@ class SRNN(LatentSequenceModel):
         return self.prior_net.loc(broadcast_cat([carry.z, pre_t]))
 
     @pyro_method
-    def prior(self, carry, pre_t):
-        return gaussian(*self.prior_net(broadcast_cat([carry.z, pre_t])))
+    def prior(self, carry, pre_t, loc=None):
+        inputs = broadcast_cat([carry.z, pre_t])
+        return gaussian(self.prior_net.loc(inputs) if loc is None else loc,
+                        self.prior_net.scale(inputs))
 
     @pyro_method
     def emission_dist(self, pre, records):

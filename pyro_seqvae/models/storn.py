@@ -26,7 +26,7 @@ class STORN(VRNN):
         raise IncompatibleGuideError("STORN's prior N(0, I) has no prior-mean network")
 
     @pyro_method
-    def prior(self, carry, pre_t):
+    def prior(self, carry, pre_t, loc=None):
         h = self.cell.output(carry.h)
         loc = h.new_zeros(()).expand(h.shape[:-1] + (self.z_dim,))
         return gaussian(loc, loc.new_ones(()).expand(loc.shape))

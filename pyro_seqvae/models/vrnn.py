@@ -92,8 +92,9 @@ class VRNN(LatentSequenceModel):
         return self.prior_net.loc(self.cell.output(carry.h))
 
     @pyro_method
-    def prior(self, carry, pre_t):
-        return gaussian(*self.prior_net(self.cell.output(carry.h)))
+    def prior(self, carry, pre_t, loc=None):
+        h = self.cell.output(carry.h)
+        return gaussian(self.prior_net.loc(h) if loc is None else loc, self.prior_net.scale(h))
 
     def emission_input(self, carry, z_t):
         return broadcast_cat([z_t, self.cell.output(carry.h)])

@@ -11,9 +11,9 @@ from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
 from pyro_seqvae.models import SRNN, VRNN
 
 
-def _build(model_cls, guide_cls):
+def _build(model_cls, guide_cls, residual=False):
     model = model_cls(88, z_dim=3, rnn_dim=5, hidden_dim=7)
-    return model, guide_cls(model, hidden_dim=7, summary_dim=5)
+    return model, guide_cls(model, hidden_dim=7, summary_dim=5, residual=residual)
 
 
 def _loss_and_grads(model, guide, x, mask, reuse):
@@ -28,10 +28,11 @@ def _loss_and_grads(model, guide, x, mask, reuse):
     return loss, grads
 
 
-@pytest.mark.parametrize("model_cls,guide_cls", [(VRNN, FilteringGuide), (VRNN, SmoothingGuide),
-                                                 (SRNN, SmoothingGuide)])
-def test_reuse_changes_neither_loss_nor_gradients(model_cls, guide_cls):
-    model, guide = _build(model_cls, guide_cls)
+@pytest.mark.parametrize("model_cls,guide_cls,residual", [
+    (VRNN, FilteringGuide, False), (VRNN, SmoothingGuide, True), (SRNN, SmoothingGuide, True),
+    (SRNN, FilteringGuide, False)])
+def test_reuse_changes_neither_loss_nor_gradients(model_cls, guide_cls, residual):
+    model, guide = _build(model_cls, guide_cls, residual)
     x, mask = tiny_batch(3, 6, [6, 4, 2], seed=1)
     loss_on, grads_on = _loss_and_grads(model, guide, x, mask, True)
     loss_off, grads_off = _loss_and_grads(model, guide, x, mask, False)
@@ -83,3 +84,23 @@ def test_no_reuse_for_other_samples_inputs_or_changed_weights(monkeypatch):
         model.cell.cell.weight_hh.add_(0.1)
     poutine.replay(model, trace=guide_trace)(x, mask)
     assert calls["advance"] == 30 and calls["precompute"] == 5
+
+
+def test_res_q_prior_mean_is_computed_once_per_step(monkeypatch):
+    model, guide = _build(SRNN, SmoothingGuide, residual=True)
+    x, mask = tiny_batch(2, 5, [5, 3], seed=0)
+    calls = {"loc_net": 0}
+    original = model.prior_net.loc_net.forward
+
+    def counted(*args, **kwargs):
+        calls["loc_net"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.prior_net.loc_net, "forward", counted)
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
+    assert calls["loc_net"] == 5  # Res_q: NN1_p on the guide's own z_{t-1}
+    poutine.replay(model, trace=guide_trace)(x, mask)
+    assert calls["loc_net"] == 5  # the model's prior mean is that very tensor
+    model.reuse_guide_states = False
+    poutine.replay(model, trace=poutine.trace(guide).get_trace(x, mask))(x, mask)
+    assert calls["loc_net"] == 15
