@@ -17,13 +17,13 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
-from pyro.nn import PyroModule
+from torch import nn
 
 from .errors import ConfigError
 from .layers import LOGVAR_MAX, LOGVAR_MIN, check_positive_int
 
 
-class Emission(PyroModule):
+class Emission(nn.Module):
     """Base class: ``forward(params [..., P]) -> Distribution``, batch ``...``, event ``[D]``.
 
     :param int x_dim: ``D``, the width of an observation.

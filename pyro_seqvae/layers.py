@@ -1,11 +1,15 @@
-"""Plain building blocks shared by models and guides.
+"""Plain torch building blocks shared by models and guides.
 
-Every block is a :class:`~pyro.nn.PyroModule` so that its parameters enter Pyro's param store
-under the name of the root module that owns it (``SRNN.prior_loc_net.layers.0.weight``).
+The blocks are ordinary :class:`torch.nn.Module` s. Their root (a model or guide, a named
+:class:`~pyro.nn.PyroModule`) registers all their parameters with Pyro once per call, under its
+own name (``SRNN.prior_net.loc_net.layers.0.weight``): see :func:`register_params`. Registering
+once per call instead of at every attribute access of every time step removed about a tenth of
+an SVI step (``benchmarks/speed.py``).
 """
 
 from __future__ import annotations
 
+import pyro
 import torch
 import torch.nn as nn
 from pyro.nn import PyroModule
@@ -40,6 +44,42 @@ def broadcast_cat(tensors) -> torch.Tensor:
     return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], dim=-1)
 
 
+class BlockHolder:
+    """Mixin for the root PyroModules (models, guides) that hold plain torch blocks.
+
+    A block is stored both in ``_modules`` (so ``state_dict``, ``.to`` and ``parameters`` see it)
+    and as an ordinary instance attribute, so that reading ``self.decoder`` at every time step
+    does not go through ``PyroModule.__getattr__``, which would issue a ``pyro.module``
+    statement over all the block's parameters at each access. The root calls
+    :func:`register_params` once per call instead.
+    """
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module) and not isinstance(value, PyroModule):
+            object.__setattr__(self, name, value)
+
+
+def register_params(root) -> None:
+    """Record every parameter of ``root`` in Pyro's param store and the current trace, once.
+
+    The module's own tensors are the source of truth: a param-store entry of the same name that
+    holds another tensor (left by an earlier model of the same name) is replaced, so the weights
+    that compute are the weights that the optimizer updates.
+
+    :param root: a named :class:`~pyro.nn.PyroModule` (a model or a guide).
+    """
+    store = pyro.get_param_store()
+    prefix = root._pyro_name
+    for name, param in root.named_parameters():
+        if "." not in name:  # the root's own parameters go through PyroModule already
+            continue
+        fullname = f"{prefix}.{name}"
+        if store._params.get(fullname) is not param:
+            store[fullname] = param
+        pyro.param(fullname, param)
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence within its own length, leaving the padding in place.
 
@@ -63,7 +103,7 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
-class MLP(PyroModule):
+class MLP(nn.Module):
     """A multilayer perceptron ``in_dim -> hidden_dims... -> out_dim``.
 
     With ``out_dim=None`` the last hidden layer is the output (activated): a feature extractor
@@ -87,13 +127,13 @@ class MLP(PyroModule):
             raise ConfigError("an MLP with out_dim=None needs at least one hidden layer")
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers.append(PyroModule[nn.Linear](a, b))
+            layers.append(nn.Linear(a, b))
             layers.append(_ACTIVATIONS[activation]())
             if clip is not None:
                 layers.append(_Clamp(clip))
         if out_dim is not None:
-            layers.append(PyroModule[nn.Linear](dims[-1], check_positive_int("out_dim", out_dim)))
-        self.layers = PyroModule[nn.Sequential](*layers)
+            layers.append(nn.Linear(dims[-1], check_positive_int("out_dim", out_dim)))
+        self.layers = nn.Sequential(*layers)
         self.out_dim = out_dim if out_dim is not None else dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +149,7 @@ class _Clamp(nn.Module):
         return x.clamp(-self.bound, self.bound)
 
 
-class GaussianHead(PyroModule):
+class GaussianHead(nn.Module):
     """Map an input to the mean and scale of a diagonal Gaussian with two networks.
 
     ``mu = NN1(input)``, ``log v = NN2(input)``, ``scale = exp(log v / 2)`` (SRNN eq. 9 and 12).
@@ -135,7 +175,7 @@ class GaussianHead(PyroModule):
         return self.loc(inputs), self.scale(inputs)
 
 
-class RecurrentCell(PyroModule):
+class RecurrentCell(nn.Module):
     """A GRU or LSTM cell that accepts any leading batch shape.
 
     The state is a single tensor ``[..., H]`` for a GRU and ``[..., 2H]`` (``h`` then ``c``)
@@ -153,7 +193,7 @@ class RecurrentCell(PyroModule):
         self.kind = kind
         self.hidden_dim = check_positive_int("rnn_dim", hidden_dim)
         cls = nn.GRUCell if kind == "gru" else nn.LSTMCell
-        self.cell = PyroModule[cls](in_dim, hidden_dim)
+        self.cell = cls(in_dim, hidden_dim)
 
     @property
     def state_dim(self) -> int:
@@ -175,7 +215,7 @@ class RecurrentCell(PyroModule):
         return new.reshape(batch_shape + new.shape[-1:])
 
 
-class SequenceRNN(PyroModule):
+class SequenceRNN(nn.Module):
     """A fused GRU/LSTM over a whole padded batch, batch-first: ``[B, T, D] -> [B, T, H]``."""
 
     def __init__(self, in_dim, hidden_dim, kind="gru"):
@@ -183,7 +223,7 @@ class SequenceRNN(PyroModule):
         if kind not in ("gru", "lstm"):
             raise ConfigError(f"rnn_type must be 'gru' or 'lstm', got {kind!r}")
         cls = nn.GRU if kind == "gru" else nn.LSTM
-        self.rnn = PyroModule[cls](in_dim, check_positive_int("rnn_dim", hidden_dim),
+        self.rnn = cls(in_dim, check_positive_int("rnn_dim", hidden_dim),
                                    batch_first=True)
         self.hidden_dim = hidden_dim
 

@@ -37,11 +37,6 @@ def _install_test_kernel(tmp_path, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-# jupyter_client/zmq/tornado emit Deprecation/Runtime warnings about their own event-loop and
-# socket handling in the test process; they are not about this project's code.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_tutorial_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_SEQVAE_SMOKE", "1")
     nb = nbformat.read(TUTORIALS / name, as_version=4)

@@ -11,11 +11,11 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from ..errors import IncompatibleGuideError
-from ..layers import GaussianHead, broadcast_cat, check_positive_int
+from ..layers import BlockHolder, GaussianHead, broadcast_cat, check_positive_int, register_params
 from ..models.base import LatentSequenceModel, SequenceModel, _as_beta, gaussian
 
 
-class SequenceGuide(PyroModule):
+class SequenceGuide(BlockHolder, PyroModule):
     """Base class of the guides ``q(z_{1:T} | x)``, called as ``guide(x, mask, beta=1.0)``.
 
     At step ``t`` the guide forms ``q(z_t | .) = N(mu_q, v_q)`` from the per-step summary
@@ -95,6 +95,7 @@ class SequenceGuide(PyroModule):
         """Sample ``z_1 .. z_T`` (the model's sites) given ``x`` ``[B, T, D]`` and ``mask``."""
         model = self.model
         x, mask = model.check_batch(x, mask)
+        register_params(self)
         beta = _as_beta(beta, x)
         B, T, _ = x.shape
         pre = model.precompute(x, mask)

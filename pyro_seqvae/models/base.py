@@ -20,7 +20,7 @@ from pyro.nn import PyroModule
 
 from ..emissions import make_emission
 from ..errors import ConfigError, DataError
-from ..layers import check_positive_int
+from ..layers import BlockHolder, check_positive_int, register_params
 from .reuse import GuideStates
 
 
@@ -65,7 +65,7 @@ def _as_beta(beta, like: torch.Tensor):
     return float(beta)
 
 
-class SequenceModel(PyroModule):
+class SequenceModel(BlockHolder, PyroModule):
     """Base class of every model: ``forward(x, mask, beta=1.0)`` and ``sample(...)``.
 
     :param int x_dim: ``D``, the width of an observation (88 for piano rolls).
@@ -216,6 +216,7 @@ class LatentSequenceModel(SequenceModel):
         :param beta: KL weight; a float or a 0-dim tensor (use a tensor under JIT).
         """
         x, mask = self.check_batch(x, mask)
+        register_params(self)
         beta = _as_beta(beta, x)
         B, T, _ = x.shape
         states = self.guide_states if self.reuse_guide_states else None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from pyro.nn import PyroModule, pyro_method
+from pyro.nn import pyro_method
 
 from ..layers import MLP, check_positive_int
 from .base import Carry, LatentSequenceModel, gaussian
 
 
-class GatedTransition(PyroModule):
+class GatedTransition(nn.Module):
     """The DMM's gated transition ``p(z_t | z_{t-1})`` (Krishnan et al. 2017, sec. 5).
 
     ``g = sigmoid(W2 relu(W1 z))``, ``h = W4 relu(W3 z)``,
@@ -22,8 +22,8 @@ class GatedTransition(PyroModule):
         super().__init__()
         self.gate = MLP(z_dim, [transition_dim], z_dim)
         self.proposed_mean = MLP(z_dim, [transition_dim], z_dim)
-        self.z_to_loc = PyroModule[nn.Linear](z_dim, z_dim)
-        self.scale_net = PyroModule[nn.Linear](z_dim, z_dim)
+        self.z_to_loc = nn.Linear(z_dim, z_dim)
+        self.scale_net = nn.Linear(z_dim, z_dim)
         with torch.no_grad():
             self.z_to_loc.weight.copy_(torch.eye(z_dim))
             self.z_to_loc.bias.zero_()

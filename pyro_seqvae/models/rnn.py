@@ -6,7 +6,7 @@ import pyro
 import torch
 from pyro.nn import pyro_method
 
-from ..layers import MLP, SequenceRNN, check_positive_int, shift_right
+from ..layers import MLP, SequenceRNN, check_positive_int, register_params, shift_right
 from .base import SequenceModel, check_choice
 
 
@@ -47,6 +47,7 @@ class RNN(SequenceModel):
     def forward(self, x, mask, beta=1.0):
         """The Pyro model: one observed site ``x`` (batch ``[B]``, event ``[T, D]``), masked."""
         x, mask = self.check_batch(x, mask)
+        register_params(self)
         with pyro.plate("sequences", x.shape[0], dim=-1):
             pyro.sample("x", self.predictive(x).mask(mask).to_event(1), obs=x)
 

@@ -1,6 +1,7 @@
 """The guides implement the equations of DESIGN.md: the VRNN encoder, filtering vs smoothing
 summaries, and the residual mean Res_q."""
 
+import pyro
 import pytest
 import torch
 from common import assert_close, build_pair, tiny_batch
@@ -118,20 +119,21 @@ def test_residual_mean_adds_the_priors_mean_network(model_name, guide_name):
 
 
 def test_guides_reuse_the_models_deterministic_states_under_its_names():
-    """d_t is shared: the guide trace holds the model's GRU under the model's param names."""
+    """d_t is shared: one set of model parameters, registered under the model's names.
+
+    Each root registers its own parameters once per call (layers.register_params); SVI collects
+    the parameters of the model and the guide trace together, so the model's GRU and NN1_p that
+    the guide evaluates are trained through both.
+    """
     model, guide = build_pair("srnn", "smooth", residual=True)
     x, mask = tiny_batch(2, 4)
     guide_trace = poutine.trace(guide).get_trace(x, mask)
-    params = {n for n, s in guide_trace.nodes.items() if s["type"] == "param"}
-    assert "SRNN.rnn.rnn.weight_ih_l0" in params
-    assert "SRNN.prior_net.loc_net.layers.0.weight" in params  # NN1_p for Res_q
-    assert "SRNN.prior_net.logvar_net.layers.0.weight" not in params  # the guide never needs v_p
-    assert "SmoothingGuide.backward_rnn.rnn.weight_ih_l0" in params
-    # replayed on the guide's samples, the model reuses the guide's d_t (models/reuse.py): the
-    # GRU is then registered in the guide trace only, which SVI's optimizer reads as well
+    guide_params = {n for n, s in guide_trace.nodes.items() if s["type"] == "param"}
+    assert "SmoothingGuide.backward_rnn.rnn.weight_ih_l0" in guide_params
+    assert all(n.startswith("SmoothingGuide.") for n in guide_params)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
-    assert "SRNN.rnn.rnn.weight_ih_l0" not in model_trace.nodes
-    model.reuse_guide_states = False
-    guide_trace = poutine.trace(guide).get_trace(x, mask)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
-    assert "SRNN.rnn.rnn.weight_ih_l0" in model_trace.nodes
+    model_params = {n for n, s in model_trace.nodes.items() if s["type"] == "param"}
+    assert "SRNN.rnn.rnn.weight_ih_l0" in model_params
+    assert "SRNN.prior_net.loc_net.layers.0.weight" in model_params  # NN1_p for Res_q
+    store = pyro.get_param_store()
+    assert store.get_param("SRNN.rnn.rnn.weight_ih_l0") is model.rnn.rnn.weight_ih_l0
