@@ -20,7 +20,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
 from .errors import ConfigError
-from .layers import LOGVAR_MAX, LOGVAR_MIN, check_positive_int
+from .layers import LOGVAR_MAX, LOGVAR_MIN, check_positive_int, soft_clamp
 
 
 class Emission(nn.Module):
@@ -74,9 +74,9 @@ SCALE_TRANSFORMS = ("exp", "softplus")
 def output_scale(raw: torch.Tensor, transform: str = "exp") -> torch.Tensor:
     """Map raw decoder outputs to standard deviations.
 
-    - ``"exp"``: ``raw`` is a log-variance, ``sigma = exp(clamp(raw, LOGVAR_MIN, LOGVAR_MAX) / 2)``
-      (the SRNN paper's ``log v`` parametrisation and this library's default). The clamp bounds
-      ``sigma`` to ``[2.5e-3, 55]``; outside the bounds the gradient is zero.
+    - ``"exp"``: ``raw`` is a log-variance, ``sigma = exp(soft_clamp(raw, LOGVAR_MIN, LOGVAR_MAX)
+      / 2)`` (the SRNN paper's ``log v`` parametrisation and this library's default), bounding
+      ``sigma`` to ``(2.5e-3, 55)`` with a gradient everywhere.
     - ``"softplus"``: ``sigma = softplus(raw) + SCALE_MIN`` (the VRNN paper's implementation);
       the additive floor keeps a gradient everywhere.
 
@@ -86,7 +86,7 @@ def output_scale(raw: torch.Tensor, transform: str = "exp") -> torch.Tensor:
     :rtype: torch.Tensor
     """
     if transform == "exp":
-        return (0.5 * raw.clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
+        return (0.5 * soft_clamp(raw, LOGVAR_MIN, LOGVAR_MAX)).exp()
     if transform == "softplus":
         return F.softplus(raw) + SCALE_MIN
     raise ConfigError(f"scale must be one of {list(SCALE_TRANSFORMS)}, got {transform!r}")

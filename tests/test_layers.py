@@ -141,3 +141,16 @@ def test_gaussian_head_scale_is_exp_half_logvar_clamped():
     with torch.no_grad():
         head.logvar_net.layers[2].bias.fill_(-1e3)
     assert (head.scale(inputs) >= torch.tensor(LOGVAR_MIN / 2).exp() * (1 - 1e-6)).all()
+
+
+def test_soft_clamp_bounds_keeps_the_middle_and_never_kills_the_gradient():
+    from pyro_seqvae.layers import soft_clamp
+
+    x = torch.tensor([-40.0, -13.0, -6.0, 0.0, 3.0, 9.0, 40.0], requires_grad=True)
+    y = soft_clamp(x, -12.0, 8.0)
+    assert ((y >= -12.0) & (y <= 8.0)).all()  # float32 rounds the far tails onto the bound
+    assert_close(y[2:5], x[2:5].detach(), atol=1e-4, rtol=0)  # identity well inside
+    y.sum().backward()
+    # a hard clamp has zero gradient at -13 and 9; the soft one lets a collapsed log-variance
+    # come back (the SRNN prior collapse seen with clamp)
+    assert (x.grad[1] > 0.05) and (x.grad[5] > 0.05)

@@ -42,7 +42,7 @@ from collections import Counter
 from fractions import Fraction
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_seqvae.data.cache import cached
 from pyro_seqvae.data.pianoroll import LOWEST_PITCH, NUM_PITCHES, check_pitch

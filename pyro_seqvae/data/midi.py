@@ -320,7 +320,7 @@ def roll_to_stream(roll: torch.Tensor, *, quarter_length: float = 1.0):
     :returns: a :class:`music21.stream.Part` (a Stream) of notes, chords and rests.
     :rtype: music21.stream.Stream
     """
-    from music21 import chord, note, stream, tie
+    from music21 import chord, note, pitch, stream, tie
 
     validate_roll(roll, where="roll")
     steps = [frozenset(p) for p in _pitch_sets(roll)]
@@ -337,7 +337,10 @@ def roll_to_stream(roll: torch.Tensor, *, quarter_length: float = 1.0):
         if not pitches:
             element = note.Rest(quarterLength=duration)
         else:
-            element = chord.Chord(sorted(pitches), quarterLength=duration)
+            # Pitch objects, not MIDI ints: from ints music21 spells the chord and simplifies its
+            # enharmonics, which took minutes for the dense chords of an untrained model
+            element = chord.Chord([pitch.Pitch(midi=m) for m in sorted(pitches)],
+                                  quarterLength=duration)
             previous = segments[i - 1][2] if i > 0 else frozenset()
             following = segments[i + 1][2] if i + 1 < len(segments) else frozenset()
             for n in element.notes:

@@ -143,7 +143,7 @@ class Trainer:
 
     def train_epoch(self, split) -> dict:
         """One pass over ``split``; returns the annealed objective per step and the last beta."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
         total, steps = 0.0, 0

@@ -1,0 +1,147 @@
+"""Plain PyTorch VRNN and SRNN with the library's layer shapes, for ``speed.py``.
+
+Each ``elbo(x, mask, beta)`` is the single-sample reparameterised ELBO that ``Trace_ELBO``
+computes for the library's model/guide pair: ``sum_t mask_t [log p(x_t | .) - beta *
+(log q(z_t | .) - log p(z_t | .))]`` with ``z_t`` sampled from q (a sampled KL, not analytic).
+The recurrence is run once (q and p read the same states); ``two_pass=True`` runs it a second
+time for p, as a Pyro model/guide pair does, to measure the cost of that duplication alone.
+
+Shapes (music size: ``Z=100, H=300, N=500``), as in ``pyro_seqvae.models`` and ``guides``:
+
+- VRNN: ``phi_x`` 88->500, ``phi_z`` 100->500, GRUCell(1000, 300), prior 300->500->100 (x2),
+  decoder 800->500->88, encoder (FilteringGuide head) 800->500->100 (x2);
+- SRNN: GRU(88, 300) over ``x_{t-1}``, prior 400->500->100 (x2), decoder 400->500->88; smoothing
+  guide: backward GRU(388, 300) within each length, head 400->500->100 (x2), Res_q mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def mlp(i, h, o=None):
+    layers = [nn.Linear(i, h), nn.ReLU()]
+    if o is not None:
+        layers.append(nn.Linear(h, o))
+    return nn.Sequential(*layers)
+
+
+class Head(nn.Module):
+    """``loc = NN1(in)``, ``scale = exp(clamp(NN2(in)) / 2)``."""
+
+    def __init__(self, i, z, h):
+        super().__init__()
+        self.loc = mlp(i, h, z)
+        self.logvar = mlp(i, h, z)
+
+    def scale(self, inputs):
+        return (0.5 * self.logvar(inputs).clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
+
+
+def normal_log_prob(z, loc, scale):
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - _HALF_LOG_2PI).sum(-1)
+
+
+def bernoulli_log_prob(logits, x):
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def reverse_padded(x, lengths):
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device).expand(x.shape[0], T)
+    lengths = lengths.unsqueeze(1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class PlainVRNN(nn.Module):
+    def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500):
+        super().__init__()
+        self.phi_x = mlp(x_dim, hidden_dim)
+        self.phi_z = mlp(z_dim, hidden_dim)
+        self.cell = nn.GRUCell(2 * hidden_dim, rnn_dim)
+        self.prior = Head(rnn_dim, z_dim, hidden_dim)
+        self.encoder = Head(hidden_dim + rnn_dim, z_dim, hidden_dim)
+        self.decoder = mlp(hidden_dim + rnn_dim, hidden_dim, x_dim)
+        self.rnn_dim = rnn_dim
+
+    def elbo(self, x, mask, beta=1.0, *, two_pass=False):
+        B, T, _ = x.shape
+        px = self.phi_x(x)
+        h = x.new_zeros(B, self.rnn_dim)
+        hs, fz, log_q, log_p, zs = [], [], [], [], []
+        for t in range(T):
+            enc_in = torch.cat([px[:, t], h], -1)
+            q_loc, q_scale = self.encoder.loc(enc_in), self.encoder.scale(enc_in)
+            z = q_loc + q_scale * torch.randn_like(q_loc)
+            log_q.append(normal_log_prob(z, q_loc, q_scale))
+            if not two_pass:
+                log_p.append(normal_log_prob(z, self.prior.loc(h), self.prior.scale(h)))
+            hs.append(h)
+            zs.append(z)
+            f = self.phi_z(z)
+            fz.append(f)
+            h = self.cell(torch.cat([px[:, t], f], -1), h)
+        if two_pass:  # the model's own pass over the guide's samples
+            h = x.new_zeros(B, self.rnn_dim)
+            hs, fz = [], []
+            for t in range(T):
+                z = zs[t]
+                log_p.append(normal_log_prob(z, self.prior.loc(h), self.prior.scale(h)))
+                hs.append(h)
+                f = self.phi_z(z)
+                fz.append(f)
+                h = self.cell(torch.cat([px[:, t], f], -1), h)
+        logits = self.decoder(torch.cat([torch.stack(fz, 1), torch.stack(hs, 1)], -1))
+        kl = torch.stack(log_q, 1) - torch.stack(log_p, 1)
+        return ((bernoulli_log_prob(logits, x) - beta * kl) * mask).sum()
+
+
+class PlainSRNN(nn.Module):
+    def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500):
+        super().__init__()
+        self.rnn = nn.GRU(x_dim, rnn_dim, batch_first=True)
+        self.prior = Head(z_dim + rnn_dim, z_dim, hidden_dim)
+        self.decoder = mlp(z_dim + rnn_dim, hidden_dim, x_dim)
+        self.backward_rnn = nn.GRU(rnn_dim + x_dim, rnn_dim, batch_first=True)
+        self.head = Head(rnn_dim + z_dim, z_dim, hidden_dim)
+        self.z_dim = z_dim
+
+    def elbo(self, x, mask, beta=1.0, *, two_pass=False):
+        B, T, _ = x.shape
+        u = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], 1)
+        d, _ = self.rnn(u)
+        lengths = mask.sum(-1)
+        a, _ = self.backward_rnn(reverse_padded(torch.cat([d, x], -1), lengths))
+        a = reverse_padded(a, lengths)
+        z_prev = x.new_zeros(B, self.z_dim)
+        zs, log_q, log_p = [], [], []
+        for t in range(T):
+            p_in = torch.cat([z_prev, d[:, t]], -1)
+            p_loc = self.prior.loc(p_in)
+            q_in = torch.cat([a[:, t], z_prev], -1)
+            q_loc, q_scale = self.head.loc(q_in) + p_loc, self.head.scale(q_in)
+            z = q_loc + q_scale * torch.randn_like(q_loc)
+            log_q.append(normal_log_prob(z, q_loc, q_scale))
+            if not two_pass:
+                log_p.append(normal_log_prob(z, p_loc, self.prior.scale(p_in)))
+            zs.append(z)
+            z_prev = z
+        if two_pass:  # the model's own pass: d_t again, then the prior step by step
+            d, _ = self.rnn(u)
+            z_prev = x.new_zeros(B, self.z_dim)
+            for t in range(T):
+                p_in = torch.cat([z_prev, d[:, t]], -1)
+                log_p.append(normal_log_prob(zs[t], self.prior.loc(p_in),
+                                             self.prior.scale(p_in)))
+                z_prev = zs[t]
+        logits = self.decoder(torch.cat([torch.stack(zs, 1), d], -1))
+        kl = torch.stack(log_q, 1) - torch.stack(log_p, 1)
+        return ((bernoulli_log_prob(logits, x) - beta * kl) * mask).sum()
