@@ -89,6 +89,18 @@ class SequenceModel(BlockHolder, PyroModule):
     def check_batch(self, x, mask):
         return check_batch(x, mask, self.x_dim, where=f"{type(self).__name__} input")
 
+    def _network_settings(self, rnn_dim, hidden_dim, rnn_type, hidden_layers, activation, clip):
+        """Validate and store the recurrent and feed-forward settings shared by the models.
+
+        :returns: ``(hidden widths, MLP keyword arguments)``.
+        """
+        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
+        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        self.activation, self.clip = activation, clip
+        return [hidden_dim] * hidden_layers, {"activation": activation, "clip": clip}
+
     def config(self) -> dict:
         """The constructor's keyword arguments, enough to rebuild this model (JSON-safe)."""
         out = {}

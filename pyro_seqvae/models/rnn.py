@@ -7,7 +7,7 @@ import torch
 from pyro.nn import pyro_method
 
 from ..layers import MLP, SequenceRNN, check_positive_int, register_params, shift_right
-from .base import SequenceModel, check_choice
+from .base import SequenceModel
 
 
 class RNN(SequenceModel):
@@ -29,13 +29,8 @@ class RNN(SequenceModel):
                  hidden_layers=1, activation="relu", clip=None, emission="bernoulli",
                  emission_kwargs=None, name=None):
         super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
-        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
-        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
-        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
-        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
-        self.activation, self.clip = activation, clip
-        hidden = [hidden_dim] * hidden_layers
-        nn_kw = {"activation": activation, "clip": clip}
+        hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
+                                               activation, clip)
         self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
         self.decoder = MLP(rnn_dim, hidden, self.emission.param_dim, **nn_kw)
 

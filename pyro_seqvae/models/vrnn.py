@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pyro.nn import pyro_method
 
-from ..layers import MLP, GaussianHead, RecurrentCell, broadcast_cat, check_positive_int
-from .base import Carry, LatentSequenceModel, check_choice, gaussian
+from ..layers import MLP, GaussianHead, RecurrentCell, broadcast_cat
+from .base import Carry, LatentSequenceModel, gaussian
 
 
 class VRNN(LatentSequenceModel):
@@ -45,13 +45,8 @@ class VRNN(LatentSequenceModel):
                  emission_kwargs=None, name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
                          name=name)
-        self.rnn_dim = check_positive_int("rnn_dim", rnn_dim)
-        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
-        self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
-        self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
-        self.activation, self.clip = activation, clip
-        hidden = [hidden_dim] * hidden_layers
-        nn_kw = {"activation": activation, "clip": clip}
+        hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
+                                               activation, clip)
         self.phi_x = MLP(x_dim, hidden, **nn_kw)
         self.phi_z = MLP(z_dim, hidden, **nn_kw)
         self.cell = RecurrentCell(2 * hidden_dim, rnn_dim, rnn_type)
