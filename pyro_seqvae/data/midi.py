@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from pyro_seqvae.atomic import atomic_write
 from pyro_seqvae.data.pianoroll import LOWEST_PITCH, NUM_PITCHES, check_pitch, validate_roll
 from pyro_seqvae.data.sequences import SPLIT_NAMES, Splits
+from pyro_seqvae.data.splitting import assign_splits, check_fractions
 from pyro_seqvae.errors import ConfigError, DataError
 
 __all__ = [
@@ -142,32 +142,6 @@ def _describe(inst, note) -> str:
     return f"instrument {name!r}, note at {note.start:.3f} s"
 
 
-def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
-    for label, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not 0 < value < 1:
-            raise ConfigError(f"{label} must lie in (0, 1), got {value!r}")
-    if valid_fraction + test_fraction >= 1:
-        raise ConfigError("valid_fraction + test_fraction must be below 1")
-
-
-def _assign_splits(names: list[str], valid_fraction: float, test_fraction: float, where: str):
-    """Rank files by crc32 of their name and cut the ranking into test, valid, train."""
-    n = len(names)
-    if n < 3:
-        raise DataError(
-            f"{where}: need at least 3 readable MIDI files for train/valid/test, got {n}"
-        )
-    n_test = max(1, round(test_fraction * n))
-    n_valid = max(1, round(valid_fraction * n))
-    if n_test + n_valid >= n:
-        n_test, n_valid = 1, 1
-    ranked = sorted(names, key=lambda name: (zlib.crc32(name.encode("utf-8")), name))
-    split = {}
-    for i, name in enumerate(ranked):
-        split[name] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
-    return split
-
-
 def load_midi_folder(
     path: str | os.PathLike,
     *,
@@ -196,7 +170,7 @@ def load_midi_folder(
         ``skip_errors``) a file cannot be read.
     """
     _check_grid(steps_per_beat, fs)
-    _check_fractions(valid_fraction, test_fraction)
+    check_fractions(valid_fraction, test_fraction)
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
@@ -220,7 +194,8 @@ def load_midi_folder(
             len(files),
             "; ".join(f"{k} ({v})" for k, v in skipped.items()),
         )
-    split_of = _assign_splits(list(rolls), valid_fraction, test_fraction, str(root))
+    split_of = assign_splits(list(rolls), valid_fraction, test_fraction, where=str(root),
+                             what="MIDI files")
     sequences = {name: [] for name in SPLIT_NAMES}
     names = {name: [] for name in SPLIT_NAMES}
     for name, roll in rolls.items():

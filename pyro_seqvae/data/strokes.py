@@ -25,7 +25,7 @@ A sequence (one drawing or line of handwriting) is ``T >= 1`` points, a ``[T, 3]
 
 Sequences are named ``"<relative file>:<line>"`` (JSON lines, unless an ``"id"`` is given),
 ``"<relative file>"`` (``.npy``) or ``"<relative file>:<array name>"`` (``.npz``). The split is
-deterministic by ``zlib.crc32`` of the name (:func:`~pyro_seqvae.data.waveform.assign_splits`).
+deterministic by ``zlib.crc32`` of the name (:func:`~pyro_seqvae.data.splitting.assign_splits`).
 
 Normalisation: ``dx`` and ``dy`` are divided by one standard deviation ``s`` computed over the
 offsets (both coordinates together, so the aspect ratio is kept) of the *training* split; the
@@ -46,7 +46,7 @@ import torch
 
 from pyro_seqvae.atomic import atomic_write, atomic_write_text
 from pyro_seqvae.data.sequences import SPLIT_NAMES, Splits
-from pyro_seqvae.data.waveform import assign_splits
+from pyro_seqvae.data.splitting import assign_splits
 from pyro_seqvae.errors import ConfigError, DataError
 
 __all__ = [

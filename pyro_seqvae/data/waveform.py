@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 
 from pyro_seqvae.atomic import atomic_write
 from pyro_seqvae.data.sequences import SPLIT_NAMES, Splits
+from pyro_seqvae.data.splitting import assign_splits, check_fractions
 from pyro_seqvae.errors import ConfigError, DataError
 from pyro_seqvae.layers import check_positive_int
 
@@ -185,41 +185,6 @@ def _pooled_stats(moments) -> tuple[float, float]:
     return float(mean), float(math.sqrt(m2 / n))
 
 
-def _check_fractions(valid_fraction, test_fraction):
-    for label, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ConfigError(f"{label} must lie in (0, 1), got {value!r}")
-    if valid_fraction + test_fraction >= 1:
-        raise ConfigError("valid_fraction + test_fraction must be below 1")
-
-
-def assign_splits(names: list[str], valid_fraction: float, test_fraction: float, *,
-                  where: str, what: str) -> dict[str, str]:
-    """Split items deterministically: rank by ``zlib.crc32`` of the name, cut into test/valid/train.
-
-    The first ``max(1, round(test_fraction * n))`` ranked names go to test, the next
-    ``max(1, round(valid_fraction * n))`` to valid and the rest to train (with fewer than
-    ``n_test + n_valid + 1`` items, one each to test and valid). Adding an item moves at most the
-    items ranked after it.
-
-    :param list names: distinct item names.
-    :param str where: the source, for error messages.
-    :param str what: what the items are (``"WAV files"``), for error messages.
-    :returns: ``{name: split}``.
-    :rtype: dict
-    :raises DataError: with fewer than 3 items.
-    """
-    _check_fractions(valid_fraction, test_fraction)
-    n = len(names)
-    if n < 3:
-        raise DataError(f"{where}: need at least 3 usable {what} for train/valid/test, got {n}")
-    n_test = max(1, round(test_fraction * n))
-    n_valid = max(1, round(valid_fraction * n))
-    if n_test + n_valid >= n:
-        n_test, n_valid = 1, 1
-    ranked = sorted(names, key=lambda name: (zlib.crc32(name.encode("utf-8")), name))
-    return {name: "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
-            for i, name in enumerate(ranked)}
 
 
 def load_wav_folder(
@@ -262,7 +227,7 @@ def load_wav_folder(
     check_positive_int("sample_rate", sample_rate)
     check_positive_int("frame_size", frame_size)
     check_positive_int("seq_len", seq_len)
-    _check_fractions(valid_fraction, test_fraction)
+    check_fractions(valid_fraction, test_fraction)
     if normalisation is not None:
         if not isinstance(normalisation, dict) or not {"mean", "std"} <= set(normalisation):
             raise ConfigError(f"normalisation must be a dict with 'mean' and 'std', got "
