@@ -240,3 +240,14 @@ def test_divergence_is_one_line_and_keeps_the_checkpoint(data_file, tmp_path, mo
     payload = load_checkpoint(run / LAST)
     assert payload["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in payload["model_state"].values())
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(trained):
+    before = torch.get_num_threads()
+    try:
+        code, _, _ = run_cli("evaluate", trained[0], "--particles", 2, "--quiet", "--threads", 1)
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert_one_line_error(*run_cli("evaluate", trained[0], "--quiet", "--threads", 0),
+                          "evaluate", "--threads must be a positive integer")

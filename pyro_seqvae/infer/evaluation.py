@@ -7,7 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from ..data.batching import iterate_batches
-from .importance import estimate_log_likelihood
+from .importance import DEFAULT_MAX_ROWS, estimate_log_likelihood
 
 
 @torch.no_grad()
@@ -23,7 +23,8 @@ def elbo_per_step(model, guide, batches, *, num_particles: int = 1) -> float:
 
 
 def evaluate_split(model, guide, split, *, particles: int = 500, batch_size: int = 16,
-                   seed: int = 0, device=None, max_rows: int = 100_000, progress=None) -> dict:
+                   seed: int = 0, device=None, max_rows: int = DEFAULT_MAX_ROWS,
+                   progress=None) -> dict:
     """Every figure of a split, under stable key names.
 
     Keys: ``elbo_per_step`` (mean log weight over the K guide samples, an estimate of the ELBO),
