@@ -276,7 +276,12 @@ def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_r
 
 
 def _print_results(r):
-    khat = "n/a" if r["khat_max"] is None else f"{r['khat_max']:.2f}"
+    if r["khat_max"] is not None:
+        khat = f"{r['khat_max']:.2f}"
+    elif r["khat_over_0_7"]:
+        khat = "inf (too few particles to fit the tail; raise --particles)"
+    else:
+        khat = "n/a (exact likelihood)"
     print(f"{r['split']}: {r['num_sequences']} sequences, {r['num_steps']} steps, "
           f"K={r['particles']}\n"
           f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
