@@ -54,6 +54,9 @@ def broadcast_cat(tensors) -> torch.Tensor:
     tensors = [t for t in tensors if t is not None]
     if len(tensors) == 1:
         return tensors[0]
+    leading = tensors[0].shape[:-1]
+    if all(t.shape[:-1] == leading for t in tensors):  # the per-step common case: no broadcast
+        return torch.cat(tensors, dim=-1)
     batch = torch.broadcast_shapes(*[t.shape[:-1] for t in tensors])
     return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], dim=-1)
 
