@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -11,6 +12,15 @@ from ..errors import ConfigError
 
 #: Objective names accepted by :func:`make_elbo` and the CLI's ``--elbo``.
 ELBOS = ("trace", "jit", "meanfield", "iwae")
+
+
+@contextlib.contextmanager
+def _tracing_warnings_ignored():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch >= 2.9 deprecates torch.jit.trace, which JitTrace_ELBO is built on
+        warnings.filterwarnings("ignore", "`torch.jit.trace` is", DeprecationWarning)
+        yield
 
 
 class JitELBOByLength(ELBO):
@@ -51,18 +61,12 @@ class JitELBOByLength(ELBO):
 
     def loss(self, model, guide, x, mask, *args, **kwargs):
         self._check_beta((x, mask) + args, kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # torch >= 2.9 deprecates torch.jit.trace, which JitTrace_ELBO is built on
-            warnings.filterwarnings("ignore", "`torch.jit.trace` is", DeprecationWarning)
+        with _tracing_warnings_ignored():
             return self._elbo(x).loss(model, guide, x, mask, *args, **kwargs)
 
     def loss_and_grads(self, model, guide, x, mask, *args, **kwargs):
         self._check_beta((x, mask) + args, kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # torch >= 2.9 deprecates torch.jit.trace, which JitTrace_ELBO is built on
-            warnings.filterwarnings("ignore", "`torch.jit.trace` is", DeprecationWarning)
+        with _tracing_warnings_ignored():
             return self._elbo(x).loss_and_grads(model, guide, x, mask, *args, **kwargs)
 
 
