@@ -28,16 +28,22 @@ class GatedTransition(nn.Module):
             self.z_to_loc.weight.copy_(torch.eye(z_dim))
             self.z_to_loc.bias.zero_()
 
-    def loc(self, z):
+    def _loc(self, z, proposed):
         gate = torch.sigmoid(self.gate(z))
-        return (1 - gate) * self.z_to_loc(z) + gate * self.proposed_mean(z)
+        return (1 - gate) * self.z_to_loc(z) + gate * proposed
+
+    def _scale(self, proposed):
+        return nn.functional.softplus(self.scale_net(torch.relu(proposed)))
+
+    def loc(self, z):
+        return self._loc(z, self.proposed_mean(z))
+
+    def scale(self, z):
+        return self._scale(self.proposed_mean(z))
 
     def forward(self, z):
-        gate = torch.sigmoid(self.gate(z))
         proposed = self.proposed_mean(z)
-        loc = (1 - gate) * self.z_to_loc(z) + gate * proposed
-        scale = nn.functional.softplus(self.scale_net(torch.relu(proposed)))
-        return loc, scale
+        return self._loc(z, proposed), self._scale(proposed)
 
 
 class DMM(LatentSequenceModel):
@@ -89,8 +95,9 @@ class DMM(LatentSequenceModel):
 
     @pyro_method
     def prior(self, carry, pre_t, loc=None):
-        transition_loc, scale = self.transition(carry.z)  # loc and scale share a hidden layer
-        return gaussian(transition_loc if loc is None else loc, scale)
+        if loc is None:
+            return gaussian(*self.transition(carry.z))
+        return gaussian(loc, self.transition.scale(carry.z))
 
     @pyro_method
     def emission_dist(self, pre, records):
