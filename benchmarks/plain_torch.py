@@ -3,7 +3,9 @@
 Each ``elbo(x, mask, beta)`` is the single-sample reparameterised ELBO that ``Trace_ELBO``
 computes for the library's model/guide pair: ``sum_t mask_t [log p(x_t | .) - beta *
 (log q(z_t | .) - log p(z_t | .))]`` with ``z_t`` sampled from q (a sampled KL, not analytic).
-The recurrence is run once (q and p read the same states); ``two_pass=True`` runs it a second
+Every hidden unit is the library's default, the SRNN paper's leaky ReLU (slope 1/3) clamped to
+[-3, 3], and log-variances are bounded softly as in ``pyro_seqvae.layers``. The recurrence is
+run once (q and p read the same states); ``two_pass=True`` runs it a second
 time for p, as a Pyro model/guide pair does, to measure the cost of that duplication alone.
 
 Shapes (music size: ``Z=100, H=300, N=500``), as in ``pyro_seqvae.models`` and ``guides``:
@@ -26,15 +28,28 @@ LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+class ClampedLeakyReLU(nn.Module):
+    """The SRNN paper's hidden unit: leaky ReLU of slope 1/3, clamped to [-3, 3]."""
+
+    def forward(self, x):
+        return F.leaky_relu(x, 1.0 / 3.0).clamp(-3.0, 3.0)
+
+
 def mlp(i, h, o=None):
-    layers = [nn.Linear(i, h), nn.ReLU()]
+    layers = [nn.Linear(i, h), ClampedLeakyReLU()]
     if o is not None:
         layers.append(nn.Linear(h, o))
     return nn.Sequential(*layers)
 
 
+def bounded_logvar(v):
+    """The library's soft bound of a log-variance to (LOGVAR_MIN, LOGVAR_MAX)."""
+    return LOGVAR_MAX - F.softplus(LOGVAR_MAX - (LOGVAR_MIN + F.softplus(v - LOGVAR_MIN, beta=2.0)),
+                                   beta=2.0)
+
+
 class Head(nn.Module):
-    """``loc = NN1(in)``, ``scale = exp(clamp(NN2(in)) / 2)``."""
+    """``loc = NN1(in)``, ``scale = exp(bound(NN2(in)) / 2)``."""
 
     def __init__(self, i, z, h):
         super().__init__()
@@ -42,7 +57,7 @@ class Head(nn.Module):
         self.logvar = mlp(i, h, z)
 
     def scale(self, inputs):
-        return (0.5 * self.logvar(inputs).clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
+        return (0.5 * bounded_logvar(self.logvar(inputs))).exp()
 
 
 def normal_log_prob(z, loc, scale):

@@ -118,6 +118,7 @@ def run_config(name: str, splits, args) -> dict:
     config = TrainConfig(data=args.data, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, transpose=args.transpose,
+                         patience=args.patience,
                          **fields)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -207,6 +208,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--transpose", type=int, default=0)
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a configuration after this many epochs without a better "
+                        "validation ELBO")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--particles", type=int, default=500, help="K of the IS estimate")

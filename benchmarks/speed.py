@@ -9,9 +9,12 @@ training split, this script times in one process, alternating variants within ev
   ``beta``-scaled), recurrence run once, ``backward`` and ``torch.optim.Adam``;
 - ``plain2``: the same, but with the recurrence run twice, once for q and once for p, as a
   Pyro model/guide pair does (how much of the gap is the duplicate work, not Pyro);
-- ``eager``: the library's ``SVI(model, guide, ClippedAdam, Trace_ELBO)`` step, validation on;
-- ``eager_noval``: the same with ``pyro.enable_validation(False)``;
-- ``jit``: ``make_elbo("jit")`` with batches padded to multiples of 32 and a tensor ``beta``.
+- ``eager``: the library's ``SVI(model, guide, ClippedAdam, Trace_ELBO)`` step with Pyro's
+  validation on every update (``TrainConfig(validate="always")``);
+- ``eager_noval``: the same with validation off, which is what the ``Trainer`` does by default
+  after the first update of a run (``validate="first"``);
+- ``jit``: ``make_elbo("jit")`` with batches padded to multiples of ``--jit-pad`` (the
+  ``TrainConfig`` default under JIT, 8) and a tensor ``beta``.
 
 Each variant is warmed up once on the timed batches (JIT: compiles, timed separately); each
 repetition times the same batches for every variant in a rotated order; medians are reported and
@@ -58,6 +61,7 @@ from pyro_seqvae.guides import FilteringGuide, SmoothingGuide  # noqa: E402
 from pyro_seqvae.infer.elbo import make_elbo  # noqa: E402
 from pyro_seqvae.infer.evaluation import evaluate_split  # noqa: E402
 from pyro_seqvae.models import SRNN, VRNN  # noqa: E402
+from pyro_seqvae.training.config import JIT_PAD_MULTIPLE  # noqa: E402
 from pyro_seqvae.training.runlog import environment  # noqa: E402
 
 VARIANTS = ("plain", "plain2", "eager", "eager_noval", "jit")
@@ -101,7 +105,7 @@ def bench_model(name, splits, args, device) -> dict:
     n_lib = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in guide.parameters())
     n_plain = sum(p.numel() for p in plain.parameters())
     eager_epoch = epoch_batches(splits.train, args, device, None)
-    jit_epoch = epoch_batches(splits.train, args, device, 32)
+    jit_epoch = epoch_batches(splits.train, args, device, args.jit_pad)
     nb = max(1, math.ceil(args.epochs_fraction * len(eager_epoch)))
     timed = {"eager": eager_epoch[:nb], "jit": jit_epoch[:nb]}
     steps = {k: sum(int(b.x.shape[1]) for b in v) for k, v in timed.items()}
@@ -223,7 +227,8 @@ def profile_eager(svi, batches, args, top=25):
 
 
 def table(result) -> str:
-    lines = ["| model | plain s/epoch | plain x2-pass | eager | eager, no validation | JIT | "
+    lines = ["| model | plain s/epoch | plain x2-pass | eager, checks every update | "
+             "eager, Trainer default | JIT | "
              "IS K test (s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         e = r["seconds_per_epoch_extrapolated"]
@@ -258,6 +263,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--skip-jit", action="store_true")
+    p.add_argument("--jit-pad", type=int, default=JIT_PAD_MULTIPLE,
+                   help=f"JIT: pad batch lengths to multiples of this (default: "
+                        f"{JIT_PAD_MULTIPLE}, the TrainConfig default)")
     p.add_argument("--is-particles", type=int, default=500, help="0 skips the IS timing")
     p.add_argument("--is-sequences", type=int, default=None,
                    help="time IS on the first N test sequences and extrapolate by steps")

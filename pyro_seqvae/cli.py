@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .emissions import EMISSIONS
     from .guides import GUIDES
     from .infer.elbo import ELBOS
+    from .layers import ACTIVATIONS
     from .models import MODELS
+    from .training.config import VALIDATE, TrainConfig
+
+    defaults = TrainConfig()
 
     parser = argparse.ArgumentParser(
         prog="pyro-seqvae", description="Sequential VAEs (VRNN, STORN, SRNN, DMM) in Pyro.")
@@ -85,8 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recurrent cell (default: gru)")
     t.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     t.add_argument("--batch-size", type=int, default=16, help="sequences per update (default: 16)")
-    t.add_argument("--lr", type=float, default=3e-4,
-                   help="Adam learning rate (default: 3e-4; 1e-3 made the paper-size SRNN diverge)")
+    t.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="hidden activation of every network (default: leaky_relu, slope 1/3, "
+                        "SRNN paper appendix A; the DMM keeps ReLU)")
+    t.add_argument("--clip", type=float, default=None,
+                   help="clamp hidden activations to [-clip, clip]; 0 for no clamp (default: 3, "
+                        "SRNN paper appendix A)")
+    t.add_argument("--lr", type=float, default=defaults.lr,
+                   help=f"Adam learning rate (default: {defaults.lr:g})")
     t.add_argument("--lr-decay", type=float, default=1.0,
                    help="learning-rate factor per update (default: 1, no decay)")
     t.add_argument("--clip-norm", type=float, default=10.0, help="gradient clipping (default: 10)")
@@ -95,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta-increment", type=float, default=None,
                    help="KL weight added per update (default: 3e-4 as in the SRNN paper, raised "
                         "so that beta reaches 1 by mid-run)")
+    t.add_argument("--validate", choices=list(VALIDATE), default=defaults.validate,
+                   help="Pyro's distribution and trace checks: on the first update only, on "
+                        f"every update, or never (default: {defaults.validate}; a NaN loss is "
+                        "caught either way)")
     t.add_argument("--elbo", choices=list(ELBOS), default="trace",
                    help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
                         "(analytic KL), iwae (RenyiELBO alpha=0) (default: trace)")
@@ -169,6 +183,12 @@ def cmd_train(args) -> int:
     emission = args.emission or preset.pop("emission", "bernoulli")
     preset.pop("emission", None)
     network = {k: preset.pop(k) for k in ("hidden_layers", "activation", "clip") if k in preset}
+    if args.activation is not None:
+        network["activation"] = args.activation
+    if args.clip is not None:
+        if args.clip < 0:
+            raise ConfigError(f"--clip must be >= 0 (0: no clamp), got {args.clip:g}")
+        network["clip"] = args.clip or None
     explicit = {k: v for k, v in (("z_dim", args.z_dim), ("rnn_dim", args.rnn_dim),
                                   ("hidden_dim", args.hidden_dim),
                                   ("rnn_type", args.rnn_type)) if v is not None}
@@ -176,6 +196,9 @@ def cmd_train(args) -> int:
     if args.model.lower() == "rnn":
         model_kwargs.pop("z_dim", None)
     if args.model.lower() == "dmm":  # the DMM has its own widths (transition, emission)
+        if args.activation is not None or args.clip is not None:
+            raise ConfigError("--activation/--clip: the DMM keeps the ReLU networks of Pyro's "
+                              "example; they apply to rnn, vrnn, storn and srnn")
         model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
@@ -198,7 +221,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
-        num_particles=args.particles, seed=args.seed, device=args.device,
+        num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
     out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
                            f"-seed{config.seed}")
@@ -237,6 +260,7 @@ def cmd_train(args) -> int:
 def _load_run(run, device):
     import pyro
 
+    from .errors import CheckpointError
     from .training import TrainConfig, load_checkpoint, resolve_device
     from .training.checkpoint import restore_modules
 
@@ -247,7 +271,16 @@ def _load_run(run, device):
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{payload['path']}: unusable config in checkpoint ({exc})") from exc
     pyro.clear_param_store()
-    model, guide = config.build(payload["model_config"]["x_dim"])
+    stored = payload.get("model_config"), payload.get("guide_config")
+    if not isinstance(stored[0], dict) or "x_dim" not in stored[0] \
+            or not isinstance(stored[1], dict):
+        raise CheckpointError(f"{payload['path']}: no model_config/guide_config to rebuild the "
+                              "networks from")
+    try:
+        model, guide = config.build(stored[0]["x_dim"], model_config=stored[0],
+                                    guide_config=stored[1])
+    except ConfigError as exc:
+        raise ConfigError(f"{payload['path']}: {exc}") from exc
     restore_modules(payload, model, guide)
     model.to(device).eval()
     guide.to(device).eval()

@@ -23,6 +23,14 @@ _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(1.0 / 3.0),
     "elu": nn.ELU,
 }
+#: Names accepted as ``activation`` by :class:`MLP` and the models.
+ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
+
+#: The SRNN paper's hidden units (appendix A.1, used for music too by A.2): leaky ReLU with
+#: slope 1/3, clamped to [-3, 3]. The clamp bounds every network's output for any input, which
+#: keeps the latent chain z_{t-1} -> z_t from turning explosive (with unclamped ReLU the
+#: paper-size SRNN's |z_t| reached 3e8 within 15 updates at lr 1e-3).
+PAPER_ACTIVATION, PAPER_CLIP = "leaky_relu", 3.0
 
 #: Bounds of a predicted log-variance; exp(-12) and exp(8) keep the scale finite in float32.
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
@@ -129,15 +137,15 @@ class MLP(nn.Module):
     :param int in_dim: input width.
     :param list hidden_dims: widths of the hidden layers (the papers' music setting: ``[500]``).
     :param int out_dim: output width, or None.
-    :param str activation: ``relu``, ``tanh``, ``leaky_relu`` (slope 1/3, SRNN speech) or ``elu``.
-    :param float clip: if given, hidden activations are clamped to ``[-clip, clip]`` (SRNN A.1).
+    :param str activation: ``relu``, ``tanh``, ``leaky_relu`` (slope 1/3, the SRNN paper's) or
+        ``elu``.
+    :param float clip: if given, hidden activations are clamped to ``[-clip, clip]`` (SRNN A.1:
+        3).
     """
 
     def __init__(self, in_dim, hidden_dims=(500,), out_dim=None, *, activation="relu", clip=None):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(
-                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        check_network_settings(activation, clip)
         dims = [check_positive_int("in_dim", in_dim)] + [
             check_positive_int("hidden_dims", h) for h in hidden_dims]
         if out_dim is None and len(dims) == 1:
@@ -155,6 +163,16 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+def check_network_settings(activation, clip):
+    """Raise a :class:`ConfigError` unless ``activation`` is known and ``clip`` is None or > 0."""
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(
+            f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                             or not clip > 0):
+        raise ConfigError(f"clip must be None or a positive number, got {clip!r}")
 
 
 class _Clamp(nn.Module):

@@ -81,6 +81,26 @@ def test_train_writes_a_run(trained):
     assert payload["config"]["residual"] is True
     assert payload["config"]["model_kwargs"] == {"z_dim": 3, "rnn_dim": 5, "hidden_dim": 7}
     assert payload["config"]["guide_kwargs"] == {"hidden_dim": 7, "summary_dim": 5}
+    # the paper's defaults, recorded resolved in the checkpoint, and the config's own defaults
+    assert payload["model_config"]["activation"] == "leaky_relu"
+    assert payload["model_config"]["clip"] == 3.0
+    assert payload["guide_config"]["activation"] == "leaky_relu"
+    assert payload["config"]["lr"] == TrainConfig().lr
+    assert payload["config"]["validate"] == "first"
+
+
+def test_train_network_and_validation_options(data_file, tmp_path):
+    run = tmp_path / "run"
+    status, _, stderr = run_cli("train", "--data", data_file, *TINY, "--epochs", 1, "--out", run,
+                                "--activation", "tanh", "--clip", 0, "--validate", "always")
+    assert status == 0, stderr
+    payload = load_checkpoint(run / LAST)
+    assert payload["config"]["validate"] == "always"
+    for stored in (payload["model_config"], payload["guide_config"]):
+        assert (stored["activation"], stored["clip"]) == ("tanh", None)
+    # evaluate rebuilds the tanh networks from the checkpoint, not from today's defaults
+    status, _, stderr = run_cli("evaluate", run, "--particles", 2, "--quiet")
+    assert status == 0, stderr
 
 
 def test_evaluate_prints_and_writes_the_stable_keys(trained, tmp_path):
@@ -144,7 +164,10 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     (["--guide", "psychic"], "psychic"),
     (["--model", "storn", "--residual"], "STORN"),
     (["--model", "rnn", "--guide", "smooth"], "RNN"),
-], ids=["unknown-model", "unknown-guide", "storn-residual", "rnn-smooth"])
+    (["--clip", "-1"], "--clip must be >= 0"),
+    (["--model", "dmm", "--activation", "tanh"], "the DMM keeps the ReLU"),
+], ids=["unknown-model", "unknown-guide", "storn-residual", "rnn-smooth", "negative-clip",
+        "dmm-activation"])
 def test_train_refuses_impossible_models(data_file, tmp_path, extra, match):
     result = run_cli("train", "--data", data_file, *TINY, "--epochs", 1,
                      "--out", tmp_path / "run", *extra)
@@ -219,7 +242,9 @@ def test_sample_into_an_unwritable_folder(trained, tmp_path):
     assert_one_line_error(*result, "sample", "not writable")
 
 
-def test_divergence_is_one_line_and_keeps_the_checkpoint(data_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("validate", ["first", "always"])
+def test_divergence_is_one_line_and_keeps_the_checkpoint(data_file, tmp_path, monkeypatch,
+                                                         validate):
     class PoisonedSVI(trainer_module.SVI):
         """Makes the model's weights NaN before the third update (the first of epoch 2)."""
 
@@ -235,7 +260,8 @@ def test_divergence_is_one_line_and_keeps_the_checkpoint(data_file, tmp_path, mo
 
     monkeypatch.setattr(trainer_module, "SVI", PoisonedSVI)
     run = tmp_path / "run"
-    result = run_cli("train", "--data", data_file, *TINY, "--epochs", 3, "--out", run)
+    result = run_cli("train", "--data", data_file, *TINY, "--epochs", 3, "--out", run,
+                     "--validate", validate)
     assert_one_line_error(*result, "train", str(run / LAST))
     payload = load_checkpoint(run / LAST)
     assert payload["epoch"] == 1

@@ -11,8 +11,18 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from ..errors import IncompatibleGuideError
-from ..layers import BlockHolder, GaussianHead, broadcast_cat, check_positive_int, register_params
+from ..layers import (
+    BlockHolder,
+    GaussianHead,
+    broadcast_cat,
+    check_network_settings,
+    check_positive_int,
+    register_params,
+)
 from ..models.base import LatentSequenceModel, SequenceModel, _as_beta, gaussian
+
+#: Sentinel of ``activation`` and ``clip``: take the guided model's setting.
+FROM_MODEL = "model"
 
 
 class SequenceGuide(BlockHolder, PyroModule):
@@ -30,8 +40,11 @@ class SequenceGuide(BlockHolder, PyroModule):
     :param bool residual: use the residual mean Res_q.
     :param int hidden_dim: hidden width of ``NN1_q`` and ``NN2_q`` (500).
     :param int hidden_layers: hidden layers per network (1; SRNN speech: 2).
-    :param str activation: hidden activation (``relu``; SRNN speech: ``leaky_relu``).
-    :param float clip: clamp hidden activations to ``[-clip, clip]``.
+    :param str activation: hidden activation; ``"model"`` (the default): the model's own
+        (:attr:`~pyro_seqvae.models.SequenceModel.activation`, the SRNN paper's ``leaky_relu``
+        for RNN, VRNN, STORN and SRNN, ``relu`` for the DMM).
+    :param clip: clamp hidden activations to ``[-clip, clip]``; ``"model"`` (the default): the
+        model's own (3 for the paper's networks, None for the DMM).
     :param str name: root name in the param store (default: the class name).
     """
 
@@ -39,7 +52,7 @@ class SequenceGuide(BlockHolder, PyroModule):
     name = "guide"
 
     def __init__(self, model, *, residual: bool = False, hidden_dim: int = 500,
-                 hidden_layers: int = 1, activation: str = "relu", clip=None,
+                 hidden_layers: int = 1, activation: str = FROM_MODEL, clip=FROM_MODEL,
                  name: str | None = None):
         self.check_compatible(model, residual=residual)
         super().__init__(name=name or type(self).__name__)
@@ -47,7 +60,9 @@ class SequenceGuide(BlockHolder, PyroModule):
         self.residual = bool(residual)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
-        self.activation, self.clip = activation, clip
+        self.activation = model.activation if activation == FROM_MODEL else activation
+        self.clip = model.clip if isinstance(clip, str) and clip == FROM_MODEL else clip
+        check_network_settings(self.activation, self.clip)
 
     @classmethod
     def check_compatible(cls, model, *, residual: bool = False):

@@ -29,9 +29,9 @@ class JitELBOByLength(ELBO):
     Pyro's JIT cache keys compiled functions by the number of arguments, not by tensor shapes,
     so one instance silently reuses the trace of the first length it saw (STYLE.md, "Traps").
     This wrapper keeps one ``JitTrace_ELBO`` per ``x.shape[1]``; pad batches to a multiple
-    (``iterate_batches(..., pad_to_multiple=32)``) to keep the number of compiles small. Pass
-    ``beta`` as a tensor. TorchScript's graph optimiser is switched off: with it, compiling a
-    T=40 trace took over 3 minutes on a 2-core CPU.
+    (``iterate_batches(..., pad_to_multiple=8)``, the ``TrainConfig`` default under JIT) to keep
+    the number of compiles small. Pass ``beta`` as a tensor. TorchScript's graph optimiser is
+    switched off: with it, compiling a T=40 trace took over 3 minutes on a 2-core CPU.
 
     It has ELBO's ``loss`` and ``loss_and_grads``, so it goes straight into ``SVI``.
     """

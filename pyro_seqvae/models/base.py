@@ -20,7 +20,7 @@ from pyro.nn import PyroModule
 
 from ..emissions import make_emission
 from ..errors import ConfigError, DataError
-from ..layers import BlockHolder, check_positive_int, register_params
+from ..layers import BlockHolder, check_network_settings, check_positive_int, register_params
 from .reuse import GuideStates
 
 
@@ -79,6 +79,10 @@ class SequenceModel(BlockHolder, PyroModule):
 
     #: True for models with latent sites ``z_t``.
     has_latents = False
+    #: Hidden activation and clamp of the model's networks; the guides take them by default.
+    #: Models built on :meth:`_network_settings` store their own (the SRNN paper's leaky ReLU
+    #: clamped at 3); the DMM keeps the ReLU of Pyro's example.
+    activation, clip = "relu", None
 
     def __init__(self, x_dim: int = 88, *, emission="bernoulli", emission_kwargs=None,
                  name: str | None = None):
@@ -98,6 +102,7 @@ class SequenceModel(BlockHolder, PyroModule):
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.rnn_type = check_choice("rnn_type", rnn_type, ("gru", "lstm"))
         self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        check_network_settings(activation, clip)
         self.activation, self.clip = activation, clip
         return [hidden_dim] * hidden_layers, {"activation": activation, "clip": clip}
 

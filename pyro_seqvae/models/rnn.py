@@ -6,7 +6,15 @@ import pyro
 import torch
 from pyro.nn import pyro_method
 
-from ..layers import MLP, SequenceRNN, check_positive_int, register_params, shift_right
+from ..layers import (
+    MLP,
+    PAPER_ACTIVATION,
+    PAPER_CLIP,
+    SequenceRNN,
+    check_positive_int,
+    register_params,
+    shift_right,
+)
 from .base import SequenceModel
 
 
@@ -21,13 +29,14 @@ class RNN(SequenceModel):
     :param int hidden_dim: hidden width of the output network (500).
     :param str rnn_type: ``gru`` or ``lstm``.
     :param int hidden_layers: hidden layers per network (music: 1; SRNN speech: 2).
-    :param str activation: ``relu``; ``leaky_relu`` (slope 1/3) for the SRNN speech setting.
-    :param float clip: clamp hidden activations to ``[-clip, clip]`` (SRNN speech: 3).
+    :param str activation: hidden activation (default ``leaky_relu``, slope 1/3: SRNN A.1-A.2).
+    :param float clip: clamp hidden activations to ``[-clip, clip]`` (default 3, SRNN A.1-A.2;
+        ``None``: no clamp).
     """
 
     def __init__(self, x_dim=88, *, rnn_dim=300, hidden_dim=500, rnn_type="gru",
-                 hidden_layers=1, activation="relu", clip=None, emission="bernoulli",
-                 emission_kwargs=None, name=None):
+                 hidden_layers=1, activation=PAPER_ACTIVATION, clip=PAPER_CLIP,
+                 emission="bernoulli", emission_kwargs=None, name=None):
         super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
         hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
                                                activation, clip)

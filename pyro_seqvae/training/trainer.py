@@ -16,7 +16,7 @@ from pyro.optim import ClippedAdam
 
 from ..data.augment import transpose_rolls
 from ..data.batching import iterate_batches
-from ..errors import CheckpointError, ConfigError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
 from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
@@ -35,6 +35,11 @@ def resolve_device(name) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def _without_trace(exc) -> str:
+    """Pyro's error message on one line, without the trace-shape table it appends."""
+    return " ".join(str(exc).split("Trace Shapes:")[0].split())
 
 
 def claim_param_store(*modules):
@@ -57,8 +62,9 @@ class Trainer:
     """Fit a model and guide with SVI.
 
     Per update: ``beta`` from :class:`LinearKLSchedule`, one ``svi.step(x, mask, beta)`` with
-    ``ClippedAdam``. Per epoch: the training objective and the validation ELBO per step, a line
-    in ``metrics.jsonl``, an atomic ``checkpoint_last.pt`` and, when validation improves,
+    ``ClippedAdam``, with Pyro's validation checks on the first update only
+    (``config.validate``). Per epoch: the training objective and the validation ELBO per step,
+    a line in ``metrics.jsonl``, an atomic ``checkpoint_last.pt`` and, when validation improves,
     ``checkpoint_best.pt``. A NaN or infinite loss raises :class:`DivergenceError` and leaves
     the last good checkpoint in place.
 
@@ -88,6 +94,7 @@ class Trainer:
         self.svi = SVI(model, guide, self.optim, self.elbo)
         self.epoch = 0
         self.step = 0
+        self._updates_this_fit = 0
         self.best_valid = -math.inf
         self.history = []
         #: What a checkpoint must carry about the data: its source, width and normalisation.
@@ -131,6 +138,11 @@ class Trainer:
         beta = self.schedule(self.step)
         return torch.tensor(beta, device=self.device) if self.config.elbo == "jit" else beta
 
+    def _validate_now(self) -> bool:
+        """Whether Pyro's checks run on this update (``TrainConfig.validate``)."""
+        setting = self.config.validate
+        return setting == "always" or (setting == "first" and self._updates_this_fit == 0)
+
     def _batches(self, split, *, shuffle, epoch=0):
         return iterate_batches(split, self.config.batch_size, shuffle=shuffle,
                                seed=self.config.seed, epoch=epoch,
@@ -159,15 +171,19 @@ class Trainer:
             beta = self._beta()
             what = "loss"
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), pyro.validation_enabled(self._validate_now()):
                     # a NaN loss is reported below as a DivergenceError, not as a warning too
                     warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
                     loss = self.svi.step(x, batch.mask, beta)
-            except ValueError:
-                # with validation on (the default), NaN weights make a distribution's
-                # argument check fail before any loss is computed
+            except ValueError as exc:
+                # with validation on, NaN weights make a distribution's argument check fail
+                # before any loss is computed
                 if self._weights_finite():
-                    raise
+                    raise DataError(
+                        f"epoch {self.epoch + 1}, update {self.step + 1}: Pyro's checks failed "
+                        f"(data that the model's distributions do not support, or a model and "
+                        f"guide that do not fit the data's shape): {_without_trace(exc)}"
+                    ) from exc
                 loss, what = math.nan, "a weight"
             if not math.isfinite(loss):
                 last = self.out_dir / LAST if self.out_dir is not None else None
@@ -179,6 +195,7 @@ class Trainer:
             total += loss
             steps += int(batch.mask.sum())
             self.step += 1
+            self._updates_this_fit += 1
             bar.set_postfix(loss_per_step=f"{total / steps:.3f}", beta=f"{float(beta):.3f}")
         return {"train_objective_per_step": -total / steps, "beta": float(beta)}
 
@@ -190,6 +207,7 @@ class Trainer:
         :returns: the per-epoch metric records.
         """
         config = self.config
+        self._updates_this_fit = 0
         self.schedule = config.kl_schedule(-(-len(splits.train) // config.batch_size))
         self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
                                    "normalisation": splits.info.get("normalisation")}}
@@ -221,8 +239,9 @@ class Trainer:
             record = self.train_epoch(splits.train)
             self.model.eval()
             self.guide.eval()
-            valid = elbo_per_step(self.model, self.guide,
-                                  self._batches(splits.valid, shuffle=False))
+            with pyro.validation_enabled(config.validate == "always"):
+                valid = elbo_per_step(self.model, self.guide,
+                                      self._batches(splits.valid, shuffle=False))
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, **record,
                       "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def _set_weights(model):
     """Give every weight of RNN(x_dim=3, rnn_dim=2, hidden_dim=2) a fixed, hand-chosen value."""
     gru = model.rnn.rnn
-    dec0, dec2 = model.decoder.layers[0], model.decoder.layers[2]
+    dec0, dec2 = model.decoder.layers[0], model.decoder.layers[-1]
     values = {
         # rows: reset (2), update (2), new (2) gates, PyTorch's order
         gru.weight_ih_l0: [[0.5, -0.3, 0.8], [0.1, 0.4, -0.6], [-0.7, 0.2, 0.3],
@@ -28,8 +28,9 @@ def _set_weights(model):
                            [-0.3, 0.6]],
         gru.bias_ih_l0: [0.1, -0.2, 0.05, 0.3, -0.1, 0.2],
         gru.bias_hh_l0: [-0.05, 0.15, 0.2, -0.1, 0.25, -0.3],
-        dec0.weight: [[1.5, -2.0], [-1.0, 0.5]],
-        dec0.bias: [0.1, 0.2],
+        # large enough that the clamp at +-3 is reached on some steps
+        dec0.weight: [[9.0, -12.0], [-18.0, 4.0]],
+        dec0.bias: [0.6, 1.5],
         dec2.weight: [[1.0, -0.5], [0.3, 0.8], [-1.2, 0.4]],
         dec2.bias: [0.2, -0.4, 0.1],
     }
@@ -46,13 +47,18 @@ def _sigmoid(a):
     return 1.0 / (1.0 + math.exp(-a))
 
 
+def _clamped_leaky_relu(a):
+    return min(3.0, max(-3.0, a if a > 0 else a / 3.0))
+
+
 def _matvec(W, v):
     return [sum(w * x for w, x in zip(row, v)) for row in W]
 
 
 def _hand_log_likelihood(w, seq):
     """``sum_t log p(x_t | x_<t)`` in plain Python floats: the GRU equations of
-    ``torch.nn.GRU`` with ``u_t = x_{t-1}``, ``x_0 = 0``, ``h_0 = 0``, then ReLU MLP logits."""
+    ``torch.nn.GRU`` with ``u_t = x_{t-1}``, ``x_0 = 0``, ``h_0 = 0``, then MLP logits through
+    the paper's hidden unit: leaky ReLU with slope 1/3, clamped to [-3, 3]."""
     h = [0.0, 0.0]
     u = [0.0, 0.0, 0.0]
     total = 0.0
@@ -63,7 +69,7 @@ def _hand_log_likelihood(w, seq):
         z = [_sigmoid(gi[2 + k] + gh[2 + k]) for k in range(2)]
         n = [math.tanh(gi[4 + k] + r[k] * gh[4 + k]) for k in range(2)]
         h = [(1 - z[k]) * n[k] + z[k] * h[k] for k in range(2)]
-        hidden = [max(0.0, a + b) for a, b in zip(_matvec(w["W1"], h), w["b1"])]
+        hidden = [_clamped_leaky_relu(a + b) for a, b in zip(_matvec(w["W1"], h), w["b1"])]
         logits = [a + b for a, b in zip(_matvec(w["W2"], hidden), w["b2"])]
         for logit, xi in zip(logits, x_t):
             p = _sigmoid(logit)
@@ -84,10 +90,13 @@ def test_log_likelihood_equals_hand_computation_and_ignores_padding():
     x = torch.tensor([SEQS[0], SEQS[1] + [[1, 1, 1], [1, 0, 1]]], dtype=torch.float)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     expected = torch.tensor([_hand_log_likelihood(weights, s) for s in SEQS])
-    # both ReLU branches are exercised, or the hand MLP would not be checked
+    assert model.activation == "leaky_relu" and model.clip == 3.0  # the paper's defaults
+    # every branch of the hidden unit is exercised, or the hand MLP would not be checked:
+    # negative (leaky), positive, and clamped at +3 and at -3 (below -9 before the slope)
     with torch.no_grad():
-        pre_relu = model.decoder.layers[0](model.rnn(shift_right(x)))[mask]
-    assert (pre_relu < 0).any() and (pre_relu > 0).any()
+        pre = model.decoder.layers[0](model.rnn(shift_right(x)))[mask]
+    assert ((pre < 0) & (pre > -9)).any() and ((pre > 0) & (pre < 3)).any()
+    assert (pre > 3).any() and (pre < -9).any()
 
     with torch.no_grad():
         assert_close(model.log_likelihood(x, mask), expected, atol=1e-5)

@@ -23,10 +23,19 @@ def test_invalid_value_is_a_config_error_naming_the_field(field, value):
         TrainConfig(**{field: value})
 
 
-def test_jit_pads_to_multiples_of_32_by_default():
-    assert TrainConfig(elbo="jit").pad_to_multiple == 32
-    assert TrainConfig(elbo="jit", pad_to_multiple=8).pad_to_multiple == 8
+def test_jit_pads_to_multiples_of_8_by_default():
+    assert TrainConfig(elbo="jit").pad_to_multiple == 8
+    assert TrainConfig(elbo="jit", pad_to_multiple=32).pad_to_multiple == 32
     assert TrainConfig().pad_to_multiple is None
+
+
+def test_defaults_are_the_papers_learning_rate_and_checks_on_the_first_update():
+    config = TrainConfig()
+    assert config.lr == 1e-3 and config.validate == "first"
+    # a config stored before the field existed still loads, with the default
+    stored = config.to_dict()
+    del stored["validate"]
+    assert TrainConfig.from_dict(stored).validate == "first"
 
 
 def test_round_trip_through_a_dict():

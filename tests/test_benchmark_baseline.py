@@ -1,0 +1,85 @@
+"""The speed benchmark's plain-PyTorch networks compute the library's ELBO exactly.
+
+``benchmarks/speed.py`` reports the library's SVI epoch as a ratio to ``benchmarks/plain_torch.py``.
+The ratio is only honest if the two run the same network and the same objective: with the
+library's weights copied into the plain network and the same random numbers, the plain
+single-sample ELBO must equal ``-Trace_ELBO().loss`` of the library's model and guide.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from common import tiny_batch
+from pyro.infer import Trace_ELBO
+
+from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
+from pyro_seqvae.layers import MLP
+from pyro_seqvae.models import SRNN, VRNN
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from plain_torch import PlainSRNN, PlainVRNN  # noqa: E402
+
+SIZES = dict(z_dim=3, rnn_dim=5, hidden_dim=7)
+
+
+def copy_mlp(src: MLP, dst: torch.nn.Sequential):
+    src_linear = [m for m in src.layers if isinstance(m, torch.nn.Linear)]
+    dst_linear = [m for m in dst if isinstance(m, torch.nn.Linear)]
+    assert len(src_linear) == len(dst_linear)
+    for a, b in zip(src_linear, dst_linear):
+        b.load_state_dict(a.state_dict())
+
+
+def copy_head(src, dst):
+    copy_mlp(src.loc_net, dst.loc)
+    copy_mlp(src.logvar_net, dst.logvar)
+
+
+def srnn_pair():
+    model = SRNN(88, **SIZES)
+    guide = SmoothingGuide(model, residual=True, hidden_dim=7, summary_dim=5)
+    plain = PlainSRNN(88, **SIZES)
+    plain.rnn.load_state_dict(model.rnn.rnn.state_dict())
+    copy_head(model.prior_net, plain.prior)
+    copy_mlp(model.decoder, plain.decoder)
+    plain.backward_rnn.load_state_dict(guide.backward_rnn.rnn.state_dict())
+    copy_head(guide.head, plain.head)
+    return model, guide, plain
+
+
+def vrnn_pair():
+    model = VRNN(88, **SIZES)
+    guide = FilteringGuide(model, hidden_dim=7, summary_dim=5)
+    plain = PlainVRNN(88, **SIZES)
+    copy_mlp(model.phi_x, plain.phi_x)
+    copy_mlp(model.phi_z, plain.phi_z)
+    plain.cell.load_state_dict(model.cell.cell.state_dict())
+    copy_head(model.prior_net, plain.prior)
+    copy_head(guide.head, plain.encoder)
+    copy_mlp(model.decoder, plain.decoder)
+    return model, guide, plain
+
+
+@pytest.mark.parametrize("make", [srnn_pair, vrnn_pair], ids=["srnn-smooth-resq", "vrnn-filter"])
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_plain_network_computes_the_librarys_elbo(make, two_pass):
+    model, guide, plain = make()
+    assert sum(p.numel() for p in plain.parameters()) == sum(
+        p.numel() for m in (model, guide) for p in m.parameters())
+    x, mask = tiny_batch(3, 7, (7, 5, 2))
+    # large weights drive the hidden units into the clamp, so that it is compared too
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.mul_(4.0)
+        for p in list(model.parameters()) + list(guide.parameters()):
+            p.mul_(4.0)
+    for beta in (1.0, 0.3):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            library = -Trace_ELBO().loss(model, guide, x, mask, beta)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            baseline = plain.elbo(x, mask, beta, two_pass=two_pass)
+        assert abs(float(baseline) - library) <= 1e-4 * abs(library), (beta, baseline, library)
