@@ -16,7 +16,7 @@ from pyro.optim import ClippedAdam
 
 from ..data.augment import transpose_rolls
 from ..data.batching import iterate_batches
-from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DataError, DivergenceError, SeqVAEError
 from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
@@ -175,6 +175,8 @@ class Trainer:
                     # a NaN loss is reported below as a DivergenceError, not as a warning too
                     warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
                     loss = self.svi.step(x, batch.mask, beta)
+            except SeqVAEError:
+                raise  # the library's own errors already say what is wrong
             except ValueError as exc:
                 # with validation on, NaN weights make a distribution's argument check fail
                 # before any loss is computed

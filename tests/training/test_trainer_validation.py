@@ -80,3 +80,14 @@ def test_unknown_setting_is_a_config_error():
     with pytest.raises(ConfigError, match=r"validate must be one of \['first', 'always', "
                                           r"'never'\], got 'sometimes'"):
         tiny_config(validate="sometimes")
+
+
+def test_the_librarys_own_errors_pass_through_unchanged(tmp_path):
+    trainer = fresh_trainer(tiny_config(), tmp_path)
+
+    def step(*args, **kwargs):
+        raise ConfigError("under JIT, beta must be a tensor")
+
+    trainer.svi.step = step
+    with pytest.raises(ConfigError, match="^under JIT, beta must be a tensor$"):
+        trainer.fit(tiny_splits())
