@@ -13,7 +13,7 @@ from ..models import make_model
 
 #: The SRNN paper's KL-annealing increment per update (sec. 5).
 PAPER_BETA_INCREMENT = 3e-4
-#: Under JIT, batch lengths are padded to multiples of this: one compile (1-2 s) per multiple,
+#: Under JIT, batch lengths are padded to multiples of this: one compile (a few seconds) each,
 #: 3 % padded steps on JSB (multiples of 32: 24 %).
 JIT_PAD_MULTIPLE = 8
 #: Settings of ``TrainConfig.validate``.
