@@ -61,7 +61,7 @@ class SequenceGuide(BlockHolder, PyroModule):
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.hidden_layers = check_positive_int("hidden_layers", hidden_layers)
         self.activation = model.activation if activation == FROM_MODEL else activation
-        self.clip = model.clip if isinstance(clip, str) and clip == FROM_MODEL else clip
+        self.clip = model.clip if clip == FROM_MODEL else clip
         check_network_settings(self.activation, self.clip)
 
     @classmethod
