@@ -120,9 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--transpose", type=int, default=0,
                    help="augment by random transposition of up to this many semitones")
     t.add_argument("--out", default=None,
-                   help="run folder (default: runs/<model>-<guide>[-res]-seed<seed>)")
+                   help="run folder; refused if it already holds files, unless --resume or "
+                        "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
+                        "[-<sizes>]-seed<seed>, with -2, -3 ... if taken)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint")
+                   help="continue the run in --out from its last checkpoint (repeat its "
+                        "options; --epochs, --lr, --lr-decay, --clip-norm, --patience and "
+                        "--validate may change, and each change is recorded in run.json)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds an old run, removing the old "
+                        "run's files first")
+    t.add_argument("--init-from", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="warm start: a new run that starts from the weights of another run's "
+                        "checkpoint (same networks; fresh optimizer, schedule and epochs)")
     t.add_argument("--eval-particles", type=int, default=0,
                    help="after training, evaluate the test split with this many particles")
     _add_common(t)
@@ -172,8 +182,50 @@ PRESETS = {
 }
 
 
+def _claim_run_folder(args, config) -> Path:
+    """The run folder of ``train``: ``--out``, or a default name that no other run holds."""
+    from .training.run_folder import default_run_folder
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or "
+                          "replace it")
+    if args.init_from and args.resume:
+        raise ConfigError("--init-from and --resume exclude each other: a resumed run keeps its "
+                          "own weights")
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        raise ConfigError("--resume needs --out RUN: the run folder to continue")
+    out = default_run_folder(config)
+    if not args.quiet:
+        print(f"run folder: {out}")
+    return out
+
+
+def _continue_command(argv, out, lr) -> str:
+    """``pyro-seqvae train`` with the same options, continuing ``out`` with learning rate ``lr``."""
+    import shlex
+
+    argv = list(argv if argv is not None else sys.argv[1:])
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if name in ("--out", "--lr", "--init-from"):
+            skip = "=" not in token
+            continue
+        if name in ("--resume", "--overwrite"):
+            continue
+        kept.append(token)
+    return shlex.join(["pyro-seqvae", *kept, "--out", str(out), "--resume", "--lr", f"{lr:g}"])
+
+
 def cmd_train(args) -> int:
-    from .training import LAST, TrainConfig, Trainer
+    from .errors import DivergenceError, RunFolderError
+    from .training import BEST, LAST, TrainConfig, Trainer
+    from .training.run_folder import RunLock, prepare_new_run
 
     guide = args.guide or ("none" if args.model.lower() == "rnn" else "smooth")
     residual = args.residual
@@ -223,20 +275,34 @@ def cmd_train(args) -> int:
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
-    out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
-                           f"-seed{config.seed}")
-    if args.resume and not (out / LAST).is_file():
-        raise ConfigError(f"--resume: no {LAST} in {out}")
-    _check_writable(out)
-    splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
-    import pyro
+    out = _claim_run_folder(args, config)
+    with RunLock(out):
+        if args.resume and not (out / LAST).is_file():
+            raise ConfigError(f"--resume: no {LAST} in {out}")
+        if not args.resume and not args.overwrite:
+            prepare_new_run(out)  # refuses a folder that holds files; deletes nothing
+        _check_writable(out)
+        splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
+        import pyro
 
-    pyro.set_rng_seed(config.seed)
-    model, guide_module = config.build(splits.x_dim)
-    trainer = Trainer(model, guide_module, config, out_dir=out,
-                      progress=(not args.quiet) and sys.stderr.isatty())
-    start = time.perf_counter()
-    history = trainer.fit(splits, resume=out / LAST if args.resume else None)
+        pyro.set_rng_seed(config.seed)
+        model, guide_module = config.build(splits.x_dim)
+        trainer = Trainer(model, guide_module, config, out_dir=out, overwrite=args.overwrite,
+                          progress=(not args.quiet) and sys.stderr.isatty())
+        start = time.perf_counter()
+        try:
+            history = trainer.fit(splits, resume=out / LAST if args.resume else None,
+                                  init_from=args.init_from)
+        except DivergenceError as exc:
+            if getattr(exc, "checkpoint", None) is None:
+                raise
+            command = _continue_command(getattr(args, "argv", None), out, exc.suggested_lr)
+            raise DivergenceError(f"{exc.summary}; to continue from it with a smaller learning "
+                                  f"rate run: {command}") from exc
+        except SeqVAEError:
+            raise
+        except OSError as exc:  # a full disk, a folder made read-only mid-run ...
+            raise RunFolderError(f"{exc.filename or out}: {exc.strerror or exc}") from exc
     minutes = (time.perf_counter() - start) / 60
     last = history[-1] if history else {}
     print(f"trained {type(model).__name__} + {type(guide_module).__name__}"
@@ -252,7 +318,9 @@ def cmd_train(args) -> int:
                             extra={"run": str(out), "data": config.data},
                             progress=(not args.quiet) and sys.stderr.isatty())
         _print_results(results)
-    print(f"results in {out}/: metrics.jsonl, run.json, checkpoint_best.pt, checkpoint_last.pt")
+    written = [name for name in ("metrics.jsonl", "run.json", BEST, LAST)
+               if (out / name).is_file()]
+    print(f"results in {out}/: {', '.join(written)}")
     print(f"next: pyro-seqvae evaluate {out}   |   pyro-seqvae sample {out}")
     return 0
 
@@ -395,6 +463,7 @@ def cmd_sample(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that quote it
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}

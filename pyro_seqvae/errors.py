@@ -27,3 +27,7 @@ class CheckpointError(SeqVAEError, ValueError):
 
 class DivergenceError(SeqVAEError, RuntimeError):
     """The loss became NaN or infinite during training."""
+
+
+class RunFolderError(SeqVAEError, OSError):
+    """A run folder is taken by another run, locked, or cannot be written."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import time
 import warnings
+from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyro
@@ -16,14 +19,32 @@ from pyro.optim import ClippedAdam
 
 from ..data.augment import transpose_rolls
 from ..data.batching import iterate_batches
-from ..errors import CheckpointError, ConfigError, DataError, DivergenceError, SeqVAEError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    RunFolderError,
+    SeqVAEError,
+)
+from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
+from .run_folder import RunLock, prepare_new_run
 from .runlog import MetricsLog, environment, write_json
 
 logger = logging.getLogger(__name__)
+
+#: Settings that may differ when a run is continued (``fit(resume=...)``); each change is
+#: recorded in ``run.json`` (``sessions``) and in the metrics lines. Everything else must match.
+RESUMABLE_CHANGES = ("epochs", "lr", "lr_decay", "clip_norm", "patience", "validate")
+#: Divergence rule: a batch's loss per step, or the negative validation ELBO per step, above
+#: ``ref + DIVERGENCE_FACTOR * max(|ref|, 1)`` stops the run, where ``ref`` is the loss per step
+#: of the run's first update (the initial or warm-start weights, before any update). A healthy
+#: run only improves on its starting point; a run 10x worse than it has blown up.
+DIVERGENCE_FACTOR = 10.0
 
 
 def resolve_device(name) -> torch.device:
@@ -40,6 +61,10 @@ def resolve_device(name) -> torch.device:
 def _without_trace(exc) -> str:
     """Pyro's error message on one line, without the trace-shape table it appends."""
     return " ".join(str(exc).split("Trace Shapes:")[0].split())
+
+
+def _differences(stored, now, keys):
+    return [f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in keys]
 
 
 def claim_param_store(*modules):
@@ -63,16 +88,22 @@ class Trainer:
 
     Per update: ``beta`` from :class:`LinearKLSchedule`, one ``svi.step(x, mask, beta)`` with
     ``ClippedAdam``, with Pyro's validation checks on the first update only
-    (``config.validate``). Per epoch: the training objective and the validation ELBO per step,
-    a line in ``metrics.jsonl``, an atomic ``checkpoint_last.pt`` and, when validation improves,
-    ``checkpoint_best.pt``. A NaN or infinite loss raises :class:`DivergenceError` and leaves
-    the last good checkpoint in place.
+    (``config.validate``), then two guards: the weights must be finite (a non-finite gradient or
+    an overflowing step makes them NaN or inf), and the loss per step must stay within the
+    divergence rule (:data:`DIVERGENCE_FACTOR`). Per epoch: the training objective and the
+    validation ELBO per step (also checked by the rule), a line in ``metrics.jsonl``, an atomic
+    ``checkpoint_last.pt`` and, when validation improves, ``checkpoint_best.pt``. A checkpoint is
+    only ever written with finite weights; a guard that fails raises :class:`DivergenceError`
+    and leaves the last good checkpoint in place. While ``fit`` writes, the run folder is locked
+    (:class:`~pyro_seqvae.training.run_folder.RunLock`).
 
     :param model: a model from :mod:`pyro_seqvae.models`.
     :param guide: its guide.
     :param TrainConfig config: the run's settings.
     :param out_dir: where checkpoints and logs go (None: nothing written).
     :param bool progress: show a progress bar (default: when stderr is a terminal).
+    :param bool overwrite: let a new run replace the files of an old run in ``out_dir`` (they
+        are removed first); without it a folder that holds files is refused.
 
     Example::
 
@@ -82,11 +113,13 @@ class Trainer:
         history = Trainer(model, guide, config, out_dir="runs/srnn").fit(splits)
     """
 
-    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None):
+    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None,
+                 overwrite=False):
         self.model, self.guide, self.config = model, guide, config
         self.device = resolve_device(config.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.overwrite = overwrite
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
                                   "lrd": config.lr_decay})
@@ -97,6 +130,11 @@ class Trainer:
         self._updates_this_fit = 0
         self.best_valid = -math.inf
         self.history = []
+        #: The loss per step of the run's first update: the reference of the divergence rule.
+        self.divergence_reference = None
+        #: Which checkpoints this run has (name -> epoch), for messages that must be true.
+        self.checkpoints = {}
+        self.session = 1
         #: What a checkpoint must carry about the data: its source, width and normalisation.
         self.data_info = {}
         model.to(self.device)
@@ -105,32 +143,86 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, name: str, extra=None):
+        """Write checkpoint ``name`` in the run folder (only with finite weights).
+
+        :raises CheckpointError: non-finite weights, or the file system refused the write (the
+            previous checkpoint of that name is left as it was).
+        """
         if self.out_dir is None:
             return None
-        return save_checkpoint(self.out_dir / name, model=self.model, guide=self.guide,
-                               optim=self.optim, config=self.config, epoch=self.epoch,
-                               step=self.step, best_valid=self.best_valid,
-                               extra={**self.data_info, **(extra or {})})
+        path = self.out_dir / name
+        try:
+            written = save_checkpoint(
+                path, model=self.model, guide=self.guide, optim=self.optim, config=self.config,
+                epoch=self.epoch, step=self.step, best_valid=self.best_valid,
+                extra={**self.data_info, "kl_schedule": {"beta_start": self.schedule.start,
+                                                         "beta_increment": self.schedule.increment},
+                       "divergence_reference": self.divergence_reference,
+                       "session": self.session, **(extra or {})})
+        except OSError as exc:
+            kept = (f"; the previous {name} (epoch {self.checkpoints[name]}) is unchanged"
+                    if name in self.checkpoints and path.is_file() else "")
+            raise CheckpointError(f"{path}: could not write the checkpoint of epoch {self.epoch} "
+                                  f"({exc.strerror or exc}){kept}") from exc
+        self.checkpoints[name] = self.epoch
+        return written
 
-    def resume(self, path):
-        """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch and step."""
+    def _check_resume(self, path):
+        """Load and validate a checkpoint to continue from, writing nothing.
+
+        :returns: ``(payload, changes)``, ``changes`` mapping a setting to ``[old, new]``.
+        """
         payload = load_checkpoint(path, map_location=self.device)
-        if payload["config"] != self.config.to_dict():
-            changed = sorted(k for k, v in payload["config"].items()
-                             if self.config.to_dict().get(k) != v and k != "epochs")
-            if changed:
-                raise CheckpointError(f"{payload['path']}: checkpoint was made with other "
-                                      f"settings ({', '.join(changed)})")
+        stored, now = payload["config"], self.config.to_dict()
+        changed = sorted(k for k in set(stored) | set(now)
+                         if stored.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise CheckpointError(
+                f"{payload['path']}: checkpoint was made with other settings "
+                f"({'; '.join(_differences(stored, now, changed))})"
+                f"; only {', '.join(RESUMABLE_CHANGES)} may change when a run is continued")
+        changes = {k: [stored.get(k), now.get(k)] for k in RESUMABLE_CHANGES
+                   if stored.get(k) != now.get(k)}
+        return payload, changes
+
+    def _restore(self, payload, changes):
         restore_modules(payload, self.model, self.guide)
         claim_param_store(self.model, self.guide)
-        if payload.get("optim_state") is not None:
-            self.optim.set_state(payload["optim_state"])
+        optim_state = payload.get("optim_state")
+        if optim_state is not None:
+            # ClippedAdam's group keys and the config fields they come from
+            fields = {"lr": "lr", "clip_norm": "clip_norm", "lrd": "lr_decay"}
+            overrides = {key: getattr(self.config, name) for key, name in fields.items()
+                         if name in changes}
+            for state in optim_state.values():  # a changed lr/clip_norm/lr_decay applies now
+                for group in state.get("param_groups", ()):
+                    group.update(overrides)
+            self.optim.set_state(optim_state)
         pyro.util.set_rng_state(payload["rng_state"])
         self.epoch, self.step = payload["epoch"], payload["step"]
         self.best_valid = payload["best_valid"]
+        extra = payload.get("extra", {})
+        schedule = extra.get("kl_schedule")
+        if schedule is not None:  # the run's own schedule, whatever `epochs` is now
+            self.schedule = LinearKLSchedule(schedule["beta_start"], schedule["beta_increment"])
+        self.divergence_reference = extra.get("divergence_reference")
+        self.session = int(extra.get("session", 1)) + 1
+        name = Path(payload["path"]).name
+        self.checkpoints = {name: self.epoch}
         if self.out_dir is not None:
-            MetricsLog(self.out_dir / "metrics.jsonl").truncate_after(self.epoch)
-            self.history = MetricsLog(self.out_dir / "metrics.jsonl").read()
+            for other in (LAST, BEST):
+                if other != name and (self.out_dir / other).is_file():
+                    self.checkpoints[other] = "earlier"
+            log = MetricsLog(self.out_dir / "metrics.jsonl")
+            log.truncate_after(self.epoch)
+            self.history = log.read()
+
+    def resume(self, path):
+        """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch, step and the KL
+        schedule. ``epochs``, ``lr``, ``lr_decay``, ``clip_norm``, ``patience`` and ``validate``
+        may differ from the checkpoint's; any other difference is a :class:`CheckpointError`."""
+        payload, changes = self._check_resume(path)
+        self._restore(payload, changes)
         return payload
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -150,8 +242,39 @@ class Trainer:
                                pad_to_multiple=self.config.pad_to_multiple, device=self.device)
 
     def _weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all())
-                   for module in (self.model, self.guide) for p in module.parameters())
+        """One device sync for all parameters of model and guide."""
+        params = [p for module in (self.model, self.guide) for p in module.parameters()]
+        return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+    def _divergence_limit(self):
+        ref = self.divergence_reference
+        return None if ref is None else ref + DIVERGENCE_FACTOR * max(abs(ref), 1.0)
+
+    def _diverged(self, what: str):
+        """A DivergenceError whose every word about checkpoints is true."""
+        kept = []
+        for name in (LAST, BEST):
+            if name in self.checkpoints and self.out_dir is not None \
+                    and (self.out_dir / name).is_file():
+                epoch = self.checkpoints[name]
+                kept.append(f"{self.out_dir / name}"
+                            + (f" (epoch {epoch})" if isinstance(epoch, int) else ""))
+        suggested = min(self.config.lr / 10, TrainConfig.lr)
+        if kept:
+            where = ("the last good checkpoint is kept at " + kept[0]
+                     + (f", the best at {kept[1]}" if len(kept) > 1 else ""))
+            advice = (f"continue from it with a smaller learning rate: Trainer(..., "
+                      f"config.replace(lr={suggested:g})).fit(splits, resume="
+                      f"'{self.out_dir / LAST}')")
+        else:
+            where, advice = "no checkpoint was written", f"try a smaller lr ({suggested:g})"
+        summary = (f"training diverged: {what} at epoch {self.epoch + 1}, update {self.step + 1}; "
+                   f"{where}")
+        error = DivergenceError(f"{summary}; {advice}")
+        error.summary = summary
+        error.checkpoint = self.out_dir / LAST if kept else None
+        error.suggested_lr = suggested
+        return error
 
     def train_epoch(self, split) -> dict:
         """One pass over ``split``; returns the annealed objective per step and the last beta."""
@@ -169,7 +292,7 @@ class Trainer:
             if self.config.transpose:
                 x = transpose_rolls(x, self.config.transpose, generator)
             beta = self._beta()
-            what = "loss"
+            what = "the loss"
             try:
                 with warnings.catch_warnings(), pyro.validation_enabled(self._validate_now()):
                     # a NaN loss is reported below as a DivergenceError, not as a warning too
@@ -188,46 +311,117 @@ class Trainer:
                     ) from exc
                 loss, what = math.nan, "a weight"
             if not math.isfinite(loss):
-                last = self.out_dir / LAST if self.out_dir is not None else None
-                raise DivergenceError(
-                    f"{what} became {loss} at epoch {self.epoch + 1}, update {self.step + 1}; "
-                    + (f"the last good checkpoint is kept at {last}" if last else
-                       "no checkpoint was being written")
-                    + "; try a smaller lr or clip_norm")
+                raise self._diverged(f"{what} became {loss}")
+            # the loss is computed before the update: the update itself (a non-finite gradient,
+            # an overflowing step) can still leave NaN or inf weights
+            if not self._weights_finite():
+                raise self._diverged("the weights became NaN or inf in this update (a "
+                                     "non-finite gradient or a step too large)")
+            batch_steps = int(batch.mask.sum())
+            per_step = loss / max(batch_steps, 1)
+            limit = self._divergence_limit()
+            if limit is None:
+                self.divergence_reference = per_step
+            elif per_step > limit:
+                raise self._diverged(
+                    f"the loss per step reached {per_step:.4g}, beyond the limit {limit:.4g} "
+                    f"(the first update's {self.divergence_reference:.4g} + "
+                    f"{DIVERGENCE_FACTOR:g} x its size)")
             total += loss
-            steps += int(batch.mask.sum())
+            steps += batch_steps
             self.step += 1
             self._updates_this_fit += 1
             bar.set_postfix(loss_per_step=f"{total / steps:.3f}", beta=f"{float(beta):.3f}")
         return {"train_objective_per_step": -total / steps, "beta": float(beta)}
 
-    def fit(self, splits, *, resume=None) -> list:
+    def fit(self, splits, *, resume=None, init_from=None) -> list:
         """Train for ``config.epochs`` epochs (or until early stopping).
 
+        Everything is validated before anything is written: a refused resume leaves the run
+        folder as it was.
+
         :param splits: a :class:`~pyro_seqvae.data.sequences.Splits`.
-        :param resume: a checkpoint or run folder to continue from.
+        :param resume: a checkpoint or run folder to continue from (the same run; see
+            :meth:`resume` for the settings that may change).
+        :param init_from: a checkpoint or run folder whose weights start a new run (a warm
+            start: fresh optimizer, schedule and epoch count).
         :returns: the per-epoch metric records.
+        :raises DivergenceError: NaN/inf weights or loss, or a blow-up (see the class docs).
+        :raises RunFolderError: the folder holds another run, or another process writes to it.
         """
         config = self.config
+        if resume is not None and init_from is not None:
+            raise ConfigError("resume and init_from exclude each other: a resumed run keeps its "
+                              "own weights")
         self._updates_this_fit = 0
-        self.schedule = config.kl_schedule(-(-len(splits.train) // config.batch_size))
+        updates_per_epoch = -(-len(splits.train) // config.batch_size)
         self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
                                    "normalisation": splits.info.get("normalisation")}}
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "run.json", {
-                "config": config.to_dict(), "environment": environment(self.device),
-                "command": sys.argv, "data": {"source": splits.source,
-                                              "x_dim": splits.x_dim,
-                                              "sizes": {s.name: len(s) for s in splits},
-                                              "steps": {s.name: s.num_steps for s in splits}},
-                "data_info": {k: v for k, v in splits.info.items() if k != "names"},
-                "model_config": self.model.config(), "guide_config": self.guide.config()})
+        payload = changes = init = None
         if resume is not None:
-            self.resume(resume)
+            payload, changes = self._check_resume(resume)
+        elif init_from is not None:
+            init = load_checkpoint(init_from, map_location=self.device)
+        lock = RunLock(self.out_dir) if self.out_dir is not None else nullcontext()
+        with lock:
+            if payload is not None:
+                self._restore(payload, changes)
+            else:
+                if self.out_dir is not None:
+                    prepare_new_run(self.out_dir, overwrite=self.overwrite)
+                pyro.set_rng_seed(config.seed)
+                if init is not None:
+                    restore_modules(init, self.model, self.guide)
+                    claim_param_store(self.model, self.guide)
+                self.schedule = config.kl_schedule(updates_per_epoch)
+            if self.out_dir is not None:
+                self._record_session(splits, payload, changes, init)
+            if payload is None:
+                self.save(LAST)  # a good checkpoint exists before the first update
+            return self._loop(splits)
+
+    def _record_session(self, splits, payload, changes, init):
+        """Write run.json (a new run) or append this session to it (a resumed run)."""
+        path = self.out_dir / "run.json"
+        session = {"session": self.session, "started": datetime.now(timezone.utc).isoformat(),
+                   "command": sys.argv, "start_epoch": self.epoch, "start_step": self.step,
+                   "environment": environment(self.device)}
+        if payload is not None:
+            session.update(kind="resume", resumed_from=payload["path"], changes=changes)
+            try:
+                run = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(run, dict):
+                    raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                run = {"config": self.config.to_dict(), "note": "run.json was missing on resume"}
+            except (OSError, ValueError) as exc:
+                raise RunFolderError(f"{path}: unreadable run record ({exc}); the run cannot "
+                                     "be continued safely") from exc
+            run.setdefault("sessions", []).append(session)
         else:
-            pyro.set_rng_seed(config.seed)
-            self.save(LAST)  # a good checkpoint exists before the first update
+            if init is not None:
+                session.update(kind="init_from", init_from=init["path"],
+                               init_from_epoch=init["epoch"])
+            else:
+                session.update(kind="new")
+            run = {"config": self.config.to_dict(), "environment": environment(self.device),
+                   "command": sys.argv,
+                   "data": {"source": splits.source, "x_dim": splits.x_dim,
+                            "sizes": {s.name: len(s) for s in splits},
+                            "steps": {s.name: s.num_steps for s in splits}},
+                   "data_info": {k: v for k, v in splits.info.items() if k != "names"},
+                   "model_config": self.model.config(), "guide_config": self.guide.config(),
+                   "kl_schedule": {"beta_start": self.schedule.start,
+                                   "beta_increment": self.schedule.increment},
+                   "sessions": [session]}
+        try:
+            write_json(path, run)
+        except OSError as exc:
+            raise RunFolderError(f"{path}: could not write the run record "
+                                 f"({exc.strerror or exc})") from exc
+
+    def _loop(self, splits) -> list:
+        config = self.config
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
         epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
         for past in self.history:
@@ -244,9 +438,16 @@ class Trainer:
             with pyro.validation_enabled(config.validate == "always"):
                 valid = elbo_per_step(self.model, self.guide,
                                       self._batches(splits.valid, shuffle=False))
+            limit = self._divergence_limit()
+            if not math.isfinite(valid) or (limit is not None and -valid > limit):
+                self.step -= 1  # the message names the epoch's last update
+                raise self._diverged(
+                    f"the validation ELBO per step is {valid:.4g}"
+                    + (f", beyond the limit {-limit:.4g}" if math.isfinite(valid) else ""))
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, **record,
-                      "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start}
+                      "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start,
+                      "session": self.session, "lr": config.lr, "clip_norm": config.clip_norm}
             improved = valid > self.best_valid
             if improved:
                 self.best_valid = valid

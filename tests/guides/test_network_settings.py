@@ -134,7 +134,7 @@ def test_a_stored_config_from_another_version_is_a_config_error(tmp_path):
     config = TrainConfig(model="srnn", guide="filter")
     path = save_checkpoint(tmp_path / "checkpoint_last.pt", model=model, guide=guide,
                            optim=None, config=config, epoch=0, step=0, best_valid=None)
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)  # plain data only
     payload["model_config"]["gate_width"] = 4
     torch.save(payload, path)
     with pytest.raises(ConfigError, match=r"checkpoint_last\.pt: model_config does not fit"):
