@@ -289,6 +289,7 @@ def cmd_train(args) -> int:
         model, guide_module = config.build(splits.x_dim)
         trainer = Trainer(model, guide_module, config, out_dir=out, overwrite=args.overwrite,
                           progress=(not args.quiet) and sys.stderr.isatty())
+        trainer.command = ["pyro-seqvae", *getattr(args, "argv", sys.argv[1:])]
         start = time.perf_counter()
         try:
             history = trainer.fit(splits, resume=out / LAST if args.resume else None,

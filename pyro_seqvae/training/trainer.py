@@ -135,6 +135,8 @@ class Trainer:
         #: Which checkpoints this run has (name -> epoch), for messages that must be true.
         self.checkpoints = {}
         self.session = 1
+        #: The command recorded in run.json (the CLI sets the ``pyro-seqvae`` command line).
+        self.command = list(sys.argv)
         #: What a checkpoint must carry about the data: its source, width and normalisation.
         self.data_info = {}
         model.to(self.device)
@@ -383,8 +385,8 @@ class Trainer:
     def _record_session(self, splits, payload, changes, init):
         """Write run.json (a new run) or append this session to it (a resumed run)."""
         path = self.out_dir / "run.json"
-        session = {"session": self.session, "started": datetime.now(timezone.utc).isoformat(),
-                   "command": sys.argv, "start_epoch": self.epoch, "start_step": self.step,
+        session = {"started": datetime.now(timezone.utc).isoformat(), "command": self.command,
+                   "start_epoch": self.epoch, "start_step": self.step,
                    "environment": environment(self.device)}
         if payload is not None:
             session.update(kind="resume", resumed_from=payload["path"], changes=changes)
@@ -397,7 +399,10 @@ class Trainer:
             except (OSError, ValueError) as exc:
                 raise RunFolderError(f"{path}: unreadable run record ({exc}); the run cannot "
                                      "be continued safely") from exc
-            run.setdefault("sessions", []).append(session)
+            sessions = run.setdefault("sessions", [])
+            # numbered by run.json, which also counts sessions that ended without a checkpoint
+            self.session = max(self.session, len(sessions) + 1)
+            sessions.append({"session": self.session, **session})
         else:
             if init is not None:
                 session.update(kind="init_from", init_from=init["path"],
@@ -405,7 +410,7 @@ class Trainer:
             else:
                 session.update(kind="new")
             run = {"config": self.config.to_dict(), "environment": environment(self.device),
-                   "command": sys.argv,
+                   "command": self.command,
                    "data": {"source": splits.source, "x_dim": splits.x_dim,
                             "sizes": {s.name: len(s) for s in splits},
                             "steps": {s.name: s.num_steps for s in splits}},
@@ -413,7 +418,7 @@ class Trainer:
                    "model_config": self.model.config(), "guide_config": self.guide.config(),
                    "kl_schedule": {"beta_start": self.schedule.start,
                                    "beta_increment": self.schedule.increment},
-                   "sessions": [session]}
+                   "sessions": [{"session": self.session, **session}]}
         try:
             write_json(path, run)
         except OSError as exc:
