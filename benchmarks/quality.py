@@ -126,7 +126,7 @@ def run_config(name: str, splits, args) -> dict:
     num_params = sum(p.numel() for p in model.parameters()) + sum(
         p.numel() for p in guide.parameters())
     out_dir = Path(args.runs_dir) / name
-    trainer = BudgetTrainer(model, guide, config, out_dir=out_dir, progress=False,
+    trainer = BudgetTrainer(model, guide, config, out_dir=out_dir, progress=False, overwrite=True,
                             max_seconds=None if args.max_minutes is None
                             else 60 * args.max_minutes)
     start = time.perf_counter()

@@ -252,8 +252,11 @@ class Trainer:
         ref = self.divergence_reference
         return None if ref is None else ref + DIVERGENCE_FACTOR * max(abs(ref), 1.0)
 
-    def _diverged(self, what: str):
-        """A DivergenceError whose every word about checkpoints is true."""
+    def _diverged(self, what: str, update=None):
+        """A DivergenceError whose every word about checkpoints is true.
+
+        :param int update: the update to name (default: the one in progress).
+        """
         kept = []
         for name in (LAST, BEST):
             if name in self.checkpoints and self.out_dir is not None \
@@ -270,8 +273,8 @@ class Trainer:
                       f"'{self.out_dir / LAST}')")
         else:
             where, advice = "no checkpoint was written", f"try a smaller lr ({suggested:g})"
-        summary = (f"training diverged: {what} at epoch {self.epoch + 1}, update {self.step + 1}; "
-                   f"{where}")
+        update = self.step + 1 if update is None else update
+        summary = f"training diverged: {what} at epoch {self.epoch + 1}, update {update}; {where}"
         error = DivergenceError(f"{summary}; {advice}")
         error.summary = summary
         error.checkpoint = self.out_dir / LAST if kept else None
@@ -364,6 +367,8 @@ class Trainer:
             payload, changes = self._check_resume(resume)
         elif init_from is not None:
             init = load_checkpoint(init_from, map_location=self.device)
+            restore_modules(init, self.model, self.guide)  # in memory: a mismatch writes nothing
+            claim_param_store(self.model, self.guide)
         lock = RunLock(self.out_dir) if self.out_dir is not None else nullcontext()
         with lock:
             if payload is not None:
@@ -372,9 +377,6 @@ class Trainer:
                 if self.out_dir is not None:
                     prepare_new_run(self.out_dir, overwrite=self.overwrite)
                 pyro.set_rng_seed(config.seed)
-                if init is not None:
-                    restore_modules(init, self.model, self.guide)
-                    claim_param_store(self.model, self.guide)
                 self.schedule = config.kl_schedule(updates_per_epoch)
             if self.out_dir is not None:
                 self._record_session(splits, payload, changes, init)
@@ -445,10 +447,10 @@ class Trainer:
                                       self._batches(splits.valid, shuffle=False))
             limit = self._divergence_limit()
             if not math.isfinite(valid) or (limit is not None and -valid > limit):
-                self.step -= 1  # the message names the epoch's last update
                 raise self._diverged(
                     f"the validation ELBO per step is {valid:.4g}"
-                    + (f", beyond the limit {-limit:.4g}" if math.isfinite(valid) else ""))
+                    + (f", beyond the limit {-limit:.4g}" if math.isfinite(valid) else ""),
+                    update=self.step)  # the epoch's last update
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, **record,
                       "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start,

@@ -228,6 +228,30 @@ def test_overwrite_never_deletes_files_that_a_run_does_not_write(data, run2):
     assert snapshot(run2) == before
 
 
+def test_the_api_refuses_a_folder_with_a_run_too(run2):
+    before = snapshot(run2)
+    config = TrainConfig.from_dict(load_checkpoint(run2 / LAST)["config"])
+    splits = config.load_data(progress=False)
+    model, guide = config.build(splits.x_dim)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        Trainer(model, guide, config, out_dir=run2, progress=False).fit(splits)
+    assert snapshot(run2) == before
+
+
+def test_a_command_that_fails_before_training_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    result = run_cli("train", "--data", tmp_path / "missing.pickle", *NET, "--out", out)
+    assert_one_line_error(*result, "train", "missing.pickle")
+    assert not out.exists()
+
+
+def test_init_from_weights_that_do_not_fit_writes_nothing(data, run2, tmp_path):
+    result = run_cli("train", "--data", data, *TWO_UPDATES, "--z-dim", 5, "--epochs", 1,
+                     "--out", tmp_path / "warm", "--init-from", run2)
+    assert_one_line_error(*result, "train", "weights do not fit the model")
+    assert not (tmp_path / "warm").exists()
+
+
 def test_default_run_folders_do_not_collide(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     other = write_benchmark_pickle(tmp_path / "other.pickle", seed=1)
