@@ -362,9 +362,10 @@ class Trainer:
         updates_per_epoch = -(-len(splits.train) // config.batch_size)
         self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
                                    "normalisation": splits.info.get("normalisation")}}
-        payload = changes = init = None
+        payload = changes = init = run = None
         if resume is not None:
             payload, changes = self._check_resume(resume)
+            run = self._read_run_record() if self.out_dir is not None else None
         elif init_from is not None:
             init = load_checkpoint(init_from, map_location=self.device)
             restore_modules(init, self.model, self.guide)  # in memory: a mismatch writes nothing
@@ -379,12 +380,26 @@ class Trainer:
                 pyro.set_rng_seed(config.seed)
                 self.schedule = config.kl_schedule(updates_per_epoch)
             if self.out_dir is not None:
-                self._record_session(splits, payload, changes, init)
+                self._record_session(splits, payload, changes, init, run)
             if payload is None:
                 self.save(LAST)  # a good checkpoint exists before the first update
             return self._loop(splits)
 
-    def _record_session(self, splits, payload, changes, init):
+    def _read_run_record(self):
+        """The run.json of a run to continue (read before anything is written)."""
+        path = self.out_dir / "run.json"
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(run, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            return {"config": self.config.to_dict(), "note": "run.json was missing on resume"}
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{path}: unreadable run record ({exc}); the run cannot be "
+                                 "continued safely") from exc
+        return run
+
+    def _record_session(self, splits, payload, changes, init, run=None):
         """Write run.json (a new run) or append this session to it (a resumed run)."""
         path = self.out_dir / "run.json"
         session = {"started": datetime.now(timezone.utc).isoformat(), "command": self.command,
@@ -392,15 +407,7 @@ class Trainer:
                    "environment": environment(self.device)}
         if payload is not None:
             session.update(kind="resume", resumed_from=payload["path"], changes=changes)
-            try:
-                run = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(run, dict):
-                    raise ValueError("not a JSON object")
-            except FileNotFoundError:
-                run = {"config": self.config.to_dict(), "note": "run.json was missing on resume"}
-            except (OSError, ValueError) as exc:
-                raise RunFolderError(f"{path}: unreadable run record ({exc}); the run cannot "
-                                     "be continued safely") from exc
+            run = self._read_run_record() if run is None else run
             sessions = run.setdefault("sessions", [])
             # numbered by run.json, which also counts sessions that ended without a checkpoint
             self.session = max(self.session, len(sessions) + 1)

@@ -345,6 +345,16 @@ def test_a_rejected_resume_leaves_the_run_folder_as_it_was(data, run2, extra, ma
     assert snapshot(run2) == before
 
 
+def test_an_unreadable_run_record_refuses_the_resume_before_writing(data, run2):
+    (run2 / "run.json").write_text("{ truncated")
+    (run2 / "metrics.jsonl").write_text((run2 / "metrics.jsonl").read_text() + '{"epoch": 9}\n')
+    before = snapshot(run2)
+    result = run_cli("train", "--data", data, *TWO_UPDATES, "--out", run2, "--resume",
+                     "--epochs", 3)
+    assert_one_line_error(*result, "train", f"{run2 / 'run.json'}: unreadable run record")
+    assert snapshot(run2) == before  # not even the stale metrics line was trimmed
+
+
 # ---- 5. extending a run continues the same run --------------------------------------------------
 def test_resume_with_more_epochs_continues_the_same_schedule(data, tmp_path):
     short, straight = tmp_path / "short", tmp_path / "straight"
