@@ -21,6 +21,7 @@ from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
+from .reporting import EpochReporter
 from .runlog import MetricsLog, environment, write_json
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class Trainer:
     :param TrainConfig config: the run's settings.
     :param out_dir: where checkpoints and logs go (None: nothing written).
     :param bool progress: show a progress bar (default: when stderr is a terminal).
+    :param bool verbose: print one line per epoch to stderr when logging is not configured
+        (with logging at INFO the line is logged instead; see :mod:`.reporting`).
+    :param bool tensorboard: also log scalars to ``<out_dir>/tensorboard/`` (needs the
+        ``tensorboard`` extra). ``<out_dir>/curves.png`` is refreshed after every epoch.
+
+    Every figure it shows or writes is per step in nats, signed as an ELBO: higher is better.
 
     Example::
 
@@ -82,10 +89,12 @@ class Trainer:
         history = Trainer(model, guide, config, out_dir="runs/srnn").fit(splits)
     """
 
-    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None):
+    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None,
+                 verbose=True, tensorboard=False):
         self.model, self.guide, self.config = model, guide, config
         self.device = resolve_device(config.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.reporter = EpochReporter(self.out_dir, verbose=verbose, tensorboard=tensorboard)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
@@ -198,7 +207,7 @@ class Trainer:
             steps += int(batch.mask.sum())
             self.step += 1
             self._updates_this_fit += 1
-            bar.set_postfix(loss_per_step=f"{total / steps:.3f}", beta=f"{float(beta):.3f}")
+            bar.set_postfix(objective=f"{-total / steps:.3f}", beta=f"{float(beta):.3f}")
         return {"train_objective_per_step": -total / steps, "beta": float(beta)}
 
     def fit(self, splits, *, resume=None) -> list:
@@ -225,6 +234,7 @@ class Trainer:
                 "model_config": self.model.config(), "guide_config": self.guide.config()})
         if resume is not None:
             self.resume(resume)
+            self.reporter.say(f"resuming from epoch {self.epoch} (update {self.step})")
         else:
             pyro.set_rng_seed(config.seed)
             self.save(LAST)  # a good checkpoint exists before the first update
@@ -259,10 +269,10 @@ class Trainer:
             self.save(LAST)
             if improved:
                 self.save(BEST)
-            logger.info("epoch %d: train objective %.4f (beta %.3f), valid ELBO %.4f nats/step",
-                        self.epoch, record["train_objective_per_step"], record["beta"], valid)
+            self.reporter.epoch_end(record, self.history, config.epochs)
             if config.patience is not None and epochs_without_gain >= config.patience:
-                logger.info("early stopping: no better validation ELBO for %d epochs",
-                            config.patience)
+                self.reporter.say(f"early stopping: no better validation ELBO for "
+                                  f"{config.patience} epochs")
                 break
+        self.reporter.close()
         return self.history
