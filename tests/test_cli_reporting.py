@@ -8,11 +8,11 @@ import shlex
 
 import pytest
 import torch
+from test_cli import TINY, run_cli, write_benchmark_pickle
 
 import pyro_seqvae.cli as cli
 import pyro_seqvae.infer.evaluation as evaluation
 from pyro_seqvae.training import Trainer
-from test_cli import TINY, run_cli, write_benchmark_pickle
 
 VERBOSE_TINY = [a for a in TINY if a != "--quiet"]
 
