@@ -160,13 +160,17 @@ def plot_training_curves(history: Sequence[dict], *, evaluations: Sequence[dict]
                        linestyle="--", label=f"{label}: IS log-likelihood")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per step (higher is better)")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
     ax_beta.plot(epochs, [r["beta"] for r in history], "o-", markersize=3, color="C1")
     ax_beta.set_xlabel("epoch")
     ax_beta.set_ylabel("KL weight beta (at the epoch's last update)")
     ax_beta.set_ylim(0.0, 1.05)
     ax_beta.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax, ax_beta):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if path is not None:
         _save(fig, path)
