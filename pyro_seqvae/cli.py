@@ -353,13 +353,14 @@ def _print_results(r):
         stderr = "(exact)"
     elif bad == n:
         stderr = (f"(no standard error: k-hat > 0.7 on all {n} sequences, so the Monte-Carlo "
-                  "error bar is not meaningful; the ELBO above is the guaranteed lower bound)")
+                  "error bar is not meaningful)")
     elif bad:
         stderr = (f"(+- {r['is_stderr_per_step']:.4f}, an understatement: k-hat > 0.7 on "
                   f"{bad} of {n} sequences)")
     else:
         stderr = f"(+- {r['is_stderr_per_step']:.4f})"
-    print(f"{r['split']}: {n} sequences, {r['num_steps']} steps, K={r['particles']}; "
+    print((f"checkpoint {r['checkpoint']}\n" if r.get("checkpoint") else "")
+          + f"{r['split']}: {n} sequences, {r['num_steps']} steps, K={r['particles']}; "
           f"nats per step, higher is better\n"
           f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
           f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} {stderr}\n"
