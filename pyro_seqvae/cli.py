@@ -7,6 +7,7 @@ stderr and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -317,9 +318,9 @@ def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_r
 
     start = time.perf_counter()
     # warnings logged while the bar is open (k-hat) go above it, on lines of their own
-    with logging_redirect_tqdm(), tqdm(total=len(split), disable=not progress, leave=False,
-                                       unit="seq", desc=f"importance sampling, K={particles}") \
-            as bar:
+    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
+    with redirect, tqdm(total=len(split), disable=not progress, leave=False, unit="seq",
+                        desc=f"importance sampling, K={particles}") as bar:
         results = evaluate_split(model, guide, split, particles=particles,
                                  batch_size=batch_size, seed=seed, device=device,
                                  max_rows=max_rows, progress=bar.update)
