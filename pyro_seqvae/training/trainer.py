@@ -75,7 +75,8 @@ class Trainer:
     :param out_dir: where checkpoints and logs go (None: nothing written).
     :param bool progress: show a progress bar (default: when stderr is a terminal).
     :param bool verbose: print one line per epoch to stderr when logging is not configured
-        (with logging at INFO the line is logged instead; see :mod:`.reporting`).
+        (with logging at INFO the line is logged instead; see
+        :mod:`pyro_seqvae.training.reporting`).
     :param bool tensorboard: also log scalars to ``<out_dir>/tensorboard/`` (needs the
         ``tensorboard`` extra). ``<out_dir>/curves.png`` is refreshed after every epoch.
 
