@@ -4,10 +4,10 @@ The reference is built from the docstrings (autodoc, Sphinx-style ``:param:`` fi
 also reads Google/NumPy sections), plus the README's guide pages through MyST.
 """
 
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package
 
 project = "pyro-seqvae"
 author = "pyro-seqvae authors"
