@@ -163,8 +163,10 @@ def run_config(name: str, splits, args) -> dict:
 
 
 def fmt(value, stderr=None, digits=3):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"  # k-hat: too few particles to fit the tail
     text = f"{value:.{digits}f}"
     if stderr is not None and math.isfinite(stderr):
         text += f" ± {stderr:.{digits}f}"

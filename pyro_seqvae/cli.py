@@ -7,7 +7,9 @@ stderr and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -25,20 +27,25 @@ def _add_common(p):
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; on a small, busy CPU one "
-                        "thread can be several times faster)")
+                   help="torch CPU threads (default: 1 on CPU, torch's choice with --device "
+                        "cuda; the paper-size networks train several times faster on one "
+                        "thread than on two on a busy 2-core machine; try more on an idle "
+                        "many-core machine)")
 
 
 def _add_data(p, default="jsb"):
     p.add_argument("--data", default=default,
-                   help="'jsb' (embedded Bach chorales), a benchmark .pickle file, or a folder of "
-                        "MIDI files" + (f" (default: {default})" if default else
+                   help="'jsb' (embedded Bach chorales), a benchmark .pickle file, a folder of "
+                        "MIDI files, a folder of WAV files (with --emission gauss/gmm or --preset "
+                        "speech), or a pen-stroke file (.jsonl, .npy, .npz; with --emission "
+                        "stroke)" + (f" (default: {default})" if default else
                                         " (default: the data the run was trained on)"))
     p.add_argument("--kind", default=None,
                    choices=["auto", "jsb", "pickle", "midi", "wav", "strokes"],
                    help="reader of --data (default: auto, detected from the path)")
     p.add_argument("--limit", type=int, default=None,
-                   help="use only this many chorales of 'jsb' (quick trials)")
+                   help="use only this many chorales of 'jsb', at least 3 (one per split), "
+                        "for quick trials (default: all)")
     p.add_argument("--cache-dir", default=None,
                    help="cache folder for built data sets (default: $PYRO_SEQVAE_CACHE or "
                         "$XDG_CACHE_HOME/pyro-seqvae)")
@@ -103,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta-start", type=float, default=0.2,
                    help="KL weight at the first update (default: 0.2, SRNN paper)")
     t.add_argument("--beta-increment", type=float, default=None,
-                   help="KL weight added per update (default: 3e-4 as in the SRNN paper, raised "
-                        "so that beta reaches 1 by mid-run)")
+                   help="KL annealing: after each update, beta = min(1, beta + this). "
+                        "Default: 3e-4 (SRNN paper), or larger when the run is too short for "
+                        "beta to reach 1 by its middle epoch")
     t.add_argument("--validate", choices=list(VALIDATE), default=defaults.validate,
                    help="Pyro's distribution and trace checks: on the first update only, on "
                         f"every update, or never (default: {defaults.validate}; a NaN loss is "
@@ -133,12 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="warm start: a new run that starts from the weights of another run's "
                         "checkpoint (same networks; fresh optimizer, schedule and epochs)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also log to <out>/tensorboard/ (needs: pip install "
+                        "'pyro-seqvae[tensorboard]'); <out>/curves.png is written either way")
     t.add_argument("--eval-particles", type=int, default=0,
                    help="after training, evaluate the test split with this many particles")
     _add_common(t)
 
+    run_help = ("run folder (its checkpoint_best.pt, else checkpoint_last.pt) or a checkpoint "
+                "file")
     e = sub.add_parser("evaluate", help="ELBO and importance-sampled log-likelihood of a split")
-    e.add_argument("run", help="run folder or checkpoint file")
+    e.add_argument("run", help=run_help)
     _add_data(e, default=None)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test",
                    help="split to evaluate (default: test)")
@@ -153,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(e)
 
     s = sub.add_parser("sample", help="generate sequences as MIDI files and a piano-roll PNG")
-    s.add_argument("run", help="run folder or checkpoint file")
+    s.add_argument("run", help=run_help)
     s.add_argument("--steps", type=int, default=128, help="steps per sequence (default: 128)")
     s.add_argument("--num", type=int, default=4, help="number of sequences (default: 4)")
     s.add_argument("--out", default="samples", help="output folder (default: samples)")
@@ -202,8 +215,9 @@ def _claim_run_folder(args, config) -> Path:
     return out
 
 
-def _continue_command(argv, out, lr) -> str:
-    """``pyro-seqvae train`` with the same options, continuing ``out`` with learning rate ``lr``."""
+def _continue_command(argv, out, lr=None) -> str:
+    """``pyro-seqvae train`` with the same options, continuing ``out`` (with learning rate ``lr``
+    when given)."""
     import shlex
 
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -213,13 +227,14 @@ def _continue_command(argv, out, lr) -> str:
             skip = False
             continue
         name = token.split("=", 1)[0]
-        if name in ("--out", "--lr", "--init-from"):
+        if name in ("--out", "--init-from") or (name == "--lr" and lr is not None):
             skip = "=" not in token
             continue
         if name in ("--resume", "--overwrite"):
             continue
         kept.append(token)
-    return shlex.join(["pyro-seqvae", *kept, "--out", str(out), "--resume", "--lr", f"{lr:g}"])
+    tail = ["--lr", f"{lr:g}"] if lr is not None else []
+    return shlex.join(["pyro-seqvae", *kept, "--out", str(out), "--resume", *tail])
 
 
 def cmd_train(args) -> int:
@@ -282,13 +297,19 @@ def cmd_train(args) -> int:
         if not args.resume and not args.overwrite:
             prepare_new_run(out)  # refuses a folder that holds files; deletes nothing
         _check_writable(out)
+        if args.tensorboard:
+            from .training.reporting import tensorboard_writer_class
+
+            tensorboard_writer_class()  # a missing package is reported before the data is loaded
+        args.run_dir = out  # for the interrupt message
         splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
         import pyro
 
         pyro.set_rng_seed(config.seed)
         model, guide_module = config.build(splits.x_dim)
         trainer = Trainer(model, guide_module, config, out_dir=out, overwrite=args.overwrite,
-                          progress=(not args.quiet) and sys.stderr.isatty())
+                          progress=(not args.quiet) and sys.stderr.isatty(),
+                          verbose=not args.quiet, tensorboard=args.tensorboard)
         trainer.command = ["pyro-seqvae", *getattr(args, "argv", sys.argv[1:])]
         start = time.perf_counter()
         try:
@@ -319,7 +340,8 @@ def cmd_train(args) -> int:
                             extra={"run": str(out), "data": config.data},
                             progress=(not args.quiet) and sys.stderr.isatty())
         _print_results(results)
-    written = [name for name in ("metrics.jsonl", "run.json", BEST, LAST)
+        _refresh_curves(out)
+    written = [name for name in ("metrics.jsonl", "curves.png", "run.json", BEST, LAST)
                if (out / name).is_file()]
     print(f"results in {out}/: {', '.join(written)}")
     print(f"next: pyro-seqvae evaluate {out}   |   pyro-seqvae sample {out}")
@@ -359,13 +381,16 @@ def _load_run(run, device):
 def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_rows, out, extra,
               progress=False):
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .infer.evaluation import evaluate_split
     from .training.runlog import environment, write_json
 
     start = time.perf_counter()
-    with tqdm(total=len(split), disable=not progress, leave=False, unit="seq",
-              desc=f"importance sampling, K={particles}") as bar:
+    # warnings logged while the bar is open (k-hat) go above it, on lines of their own
+    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
+    with redirect, tqdm(total=len(split), disable=not progress, leave=False, unit="seq",
+                        desc=f"importance sampling, K={particles}") as bar:
         results = evaluate_split(model, guide, split, particles=particles,
                                  batch_size=batch_size, seed=seed, device=device,
                                  max_rows=max_rows, progress=bar.update)
@@ -377,19 +402,40 @@ def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_r
     return results
 
 
+def _refresh_curves(run_dir):
+    from .training.reporting import refresh_curves
+
+    try:
+        refresh_curves(run_dir)
+    except Exception as exc:  # the results are written; a figure must not turn that into failure
+        logger.warning("could not redraw %s/curves.png (%s)", run_dir, exc)
+
+
 def _print_results(r):
-    if r["khat_max"] is not None:
-        khat = f"{r['khat_max']:.2f}"
-    elif r["khat_over_0_7"]:
+    """Print evaluation results (nats per step, higher is better)."""
+    khat_max, bad, n = r["khat_max"], r["khat_over_0_7"], r["num_sequences"]
+    if khat_max is None:
+        khat = "n/a (exact likelihood, no importance weights)"
+    elif math.isinf(khat_max):
         khat = "inf (too few particles to fit the tail; raise --particles)"
     else:
-        khat = "n/a (exact likelihood)"
-    print(f"{r['split']}: {r['num_sequences']} sequences, {r['num_steps']} steps, "
-          f"K={r['particles']}\n"
+        khat = f"{khat_max:.2f}"
+    if khat_max is None:
+        stderr = "(exact)"
+    elif bad == n:
+        stderr = (f"(no standard error: k-hat > 0.7 on all {n} sequences, so the Monte-Carlo "
+                  "error bar is not meaningful)")
+    elif bad:
+        stderr = (f"(+- {r['is_stderr_per_step']:.4f}, an understatement: k-hat > 0.7 on "
+                  f"{bad} of {n} sequences)")
+    else:
+        stderr = f"(+- {r['is_stderr_per_step']:.4f})"
+    print((f"checkpoint {r['checkpoint']}\n" if r.get("checkpoint") else "")
+          + f"{r['split']}: {n} sequences, {r['num_steps']} steps, K={r['particles']}; "
+          f"nats per step, higher is better\n"
           f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
-          f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} "
-          f"(+- {r['is_stderr_per_step']:.4f})\n"
-          f"  Pareto k-hat max {khat}; sequences with k-hat > 0.7: {r['khat_over_0_7']}\n"
+          f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} {stderr}\n"
+          f"  Pareto k-hat max {khat}; sequences with k-hat > 0.7: {bad} of {n}\n"
           f"  written to {r['path']}")
 
 
@@ -418,6 +464,8 @@ def cmd_evaluate(args) -> int:
                                "guide": config.guide, "residual": config.residual},
                         progress=(not args.quiet) and sys.stderr.isatty())
     _print_results(results)
+    if (run_dir / "metrics.jsonl").is_file() and out.parent == run_dir:
+        _refresh_curves(run_dir)
     return 0
 
 
@@ -461,6 +509,19 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _resume_hint(args, argv) -> str:
+    """Where an interrupted ``train`` left its last checkpoint and the command that resumes."""
+    from .training import LAST
+    from .training.runlog import MetricsLog
+
+    out = Path(args.run_dir)
+    if not (out / LAST).is_file():
+        return "; no checkpoint was written yet, nothing to resume"
+    done = [r.get("epoch", 0) for r in MetricsLog(out / "metrics.jsonl").read()]
+    return (f"; the last checkpoint is {out / LAST} (epoch {max(done, default=0)} of "
+            f"{args.epochs}); resume with:\n  {_continue_command(argv, out)}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -469,18 +530,23 @@ def main(argv=None) -> int:
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+        threads = args.threads
+        if threads is None and not str(args.device).startswith("cuda"):
+            threads = 1  # measured: see the README's "Command line" section
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"--threads must be a positive integer, got {threads}")
             import torch
 
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(threads)
         return commands[args.command](args)
     except SeqVAEError as exc:
         print(f"pyro-seqvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"pyro-seqvae {args.command}: interrupted", file=sys.stderr)
+        print(f"pyro-seqvae {args.command}: interrupted"
+              + (_resume_hint(args, sys.argv[1:] if argv is None else argv)
+                 if getattr(args, "run_dir", None) is not None else ""), file=sys.stderr)
         return 130
 
 

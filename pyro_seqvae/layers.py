@@ -28,8 +28,8 @@ ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
 
 #: The SRNN paper's hidden units (appendix A.1, used for music too by A.2): leaky ReLU with
 #: slope 1/3, clamped to [-3, 3]. The clamp bounds every network's output for any input, which
-#: keeps the latent chain z_{t-1} -> z_t from turning explosive (with unclamped ReLU at lr 1e-3
-#: the paper-size SRNN sampled |z_t| of 2e6 at its 6th update and a NaN loss at its 8th:
+#: keeps the latent chain ``z_{t-1} -> z_t`` from turning explosive (with unclamped ReLU at lr 1e-3
+#: the paper-size SRNN sampled ``|z_t|`` of 2e6 at its 6th update and a NaN loss at its 8th:
 #: ``benchmarks/stability.py``).
 PAPER_ACTIVATION, PAPER_CLIP = "leaky_relu", 3.0
 

@@ -1,4 +1,5 @@
-"""Piano-roll figures. This is the only module that imports matplotlib, and only when called.
+"""Piano-roll figures and training curves. The only module that imports matplotlib, and only
+when called.
 
 When a ``path`` is given and no figure is drawn into an existing axis, the figure is built
 with the non-interactive Agg canvas, so saving works headless and leaves pyplot's state alone.
@@ -14,7 +15,7 @@ import torch
 from pyro_seqvae.atomic import atomic_write
 from pyro_seqvae.data.pianoroll import LOWEST_PITCH, NUM_PITCHES, validate_roll
 
-__all__ = ["plot_piano_roll", "plot_piano_rolls"]
+__all__ = ["plot_piano_roll", "plot_piano_rolls", "plot_training_curves"]
 
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -122,6 +123,54 @@ def plot_piano_rolls(
             _draw(ax, rolls[i], None if titles is None else titles[i], "step")
         else:
             ax.set_visible(False)
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict], *, evaluations: Sequence[dict] = (),
+                         path: str | os.PathLike | None = None):
+    """Training objective, validation ELBO and beta against epoch (a run's ``curves.png``).
+
+    Every figure is per step in nats, signed as an ELBO: higher is better.
+
+    :param history: the records of ``metrics.jsonl`` (``epoch``,
+        ``train_objective_per_step``, ``valid_elbo_per_step``, ``beta``).
+    :param evaluations: results of ``evaluate`` (``split``, ``particles``, ``elbo_per_step``,
+        ``is_log_likelihood_per_step``), drawn as horizontal lines at the last epoch.
+    :param path-like path: save the figure as a PNG here (atomically).
+    :returns: the figure.
+    :rtype: matplotlib.figure.Figure
+    """
+    history = list(history)
+    fig, axes = _new_figure(1, 2, (11.0, 4.0), headless=path is not None)
+    ax, ax_beta = axes[0, 0], axes[0, 1]
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["train_objective_per_step"] for r in history], "o-", markersize=3,
+            label="training objective (annealed ELBO)")
+    ax.plot(epochs, [r["valid_elbo_per_step"] for r in history], "s-", markersize=3,
+            label="validation ELBO")
+    for i, result in enumerate(evaluations):
+        label = f"{result.get('split', '?')}, K={result.get('particles', '?')}"
+        ax.axhline(result["elbo_per_step"], color=f"C{2 + i % 7}", linestyle=":",
+                   label=f"{label}: ELBO")
+        if result.get("is_log_likelihood_per_step") is not None:
+            ax.axhline(result["is_log_likelihood_per_step"], color=f"C{2 + i % 7}",
+                       linestyle="--", label=f"{label}: IS log-likelihood")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per step (higher is better)")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax_beta.plot(epochs, [r["beta"] for r in history], "o-", markersize=3, color="C1")
+    ax_beta.set_xlabel("epoch")
+    ax_beta.set_ylabel("KL weight beta (at the epoch's last update)")
+    ax_beta.set_ylim(0.0, 1.05)
+    ax_beta.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax, ax_beta):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if path is not None:
         _save(fig, path)

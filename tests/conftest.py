@@ -1,7 +1,9 @@
-"""Global state reset for every test (STYLE.md rule 9) and the device fixture."""
+"""Global state reset for every test (STYLE.md rule 9), a private data cache and the device
+fixture."""
 
 import os
 import sys
+import tempfile
 
 import pyro
 import pytest
@@ -11,6 +13,14 @@ import torch
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# The suite never writes into the user's cache: data sets that tests (and the tutorial notebooks'
+# kernels, which inherit the environment) build go to a folder of this session, removed at exit.
+# Set at import time, before any test module reads the cache location. Nothing is downloaded:
+# the small chorale sets are built from the music21 corpus on disk.
+_SESSION_CACHE = tempfile.TemporaryDirectory(prefix="pyro-seqvae-test-cache-")
+os.environ["PYRO_SEQVAE_CACHE"] = os.path.join(_SESSION_CACHE.name, "pyro-seqvae")
+os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE.name
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,7 @@ def test_train_writes_a_run(trained):
     assert status == 0
     assert "trained SRNN + SmoothingGuide (Res_q) for 2 epochs" in stdout
     assert {p.name for p in run.iterdir()} == {"checkpoint_best.pt", "checkpoint_last.pt",
-                                               "metrics.jsonl", "run.json"}
+                                               "curves.png", "metrics.jsonl", "run.json"}
     payload = load_checkpoint(run / LAST)
     assert payload["epoch"] == 2
     assert payload["config"]["residual"] is True

@@ -29,9 +29,11 @@ def evaluate_split(model, guide, split, *, particles: int = 500, batch_size: int
 
     Keys: ``elbo_per_step`` (mean log weight over the K guide samples, an estimate of the ELBO),
     ``elbo_stderr_per_step``, ``is_log_likelihood_per_step``, ``is_stderr_per_step`` (Monte-Carlo
-    standard errors), ``khat_max``, ``khat_over_0_7`` (PSIS, ArviZ), ``num_sequences``,
-    ``num_steps``, ``particles``, ``seed``, ``split``. Per-step figures are frame-weighted: the
-    sum over sequences divided by the total number of steps.
+    standard errors), ``khat_max`` (``inf`` when the tail cannot be fitted, None without
+    latents; see :meth:`~pyro_seqvae.infer.importance.ImportanceEstimate.per_step`),
+    ``khat_over_0_7`` (PSIS, ArviZ), ``num_sequences``, ``num_steps``, ``particles``, ``seed``,
+    ``split``. Per-step figures are frame-weighted: the sum over sequences divided by the total
+    number of steps, in nats (higher is better).
 
     :param split: a :class:`~pyro_seqvae.data.sequences.Split`.
     :param int particles: ``K``.

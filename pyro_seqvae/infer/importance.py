@@ -133,7 +133,13 @@ class ImportanceEstimate:
         return int(self.lengths.sum())
 
     def per_step(self) -> dict:
-        """Frame-weighted figures: sums over sequences divided by the total number of steps."""
+        """Frame-weighted figures: sums over sequences divided by the total number of steps.
+
+        ``khat_max`` is a float, ``inf`` when some sequence's weights have too few particles to
+        fit their tail (the results JSON writes it as ``Infinity``, which :func:`json.load`
+        reads back as ``float('inf')``), or None when there are no importance weights to
+        diagnose (a model without latents, whose estimate is exact).
+        """
         steps = self.num_steps
         khat = self.khat[~np.isnan(self.khat)]
         khat_max = float(khat.max()) if khat.size else None
@@ -142,8 +148,9 @@ class ImportanceEstimate:
             "elbo_stderr_per_step": float(math.sqrt((self.elbo_stderr ** 2).sum()) / steps),
             "is_log_likelihood_per_step": float(self.log_likelihood.sum() / steps),
             "is_stderr_per_step": float(math.sqrt((self.stderr ** 2).sum()) / steps),
-            # inf (too few particles to fit the tail) is reported as None, counted as over 0.7
-            "khat_max": khat_max if khat_max is not None and math.isfinite(khat_max) else None,
+            # float('inf'): too few particles to fit the tail (counted as over 0.7); None: no
+            # importance weights to diagnose (the RNN's estimate is exact)
+            "khat_max": khat_max,
             "khat_over_0_7": int((khat > KHAT_THRESHOLD).sum()),
             "num_sequences": int(len(self.lengths)),
             "num_steps": steps,

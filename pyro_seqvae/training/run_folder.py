@@ -20,7 +20,8 @@ from .checkpoint import BEST, LAST
 
 LOCK = ".lock"
 #: Files a run writes (removed by ``overwrite``), beside the checkpoints.
-RUN_FILE_PATTERNS = (LAST, BEST, "run.json", "metrics.jsonl", "eval_*.json", ".*.tmp")
+RUN_FILE_PATTERNS = (LAST, BEST, "run.json", "metrics.jsonl", "eval_*.json", ".*.tmp",
+                     "curves.png", "tensorboard")
 
 _held: dict = {}  # resolved folder -> [fd, count]: the lock is re-entrant within a process
 

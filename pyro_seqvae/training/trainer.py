@@ -33,6 +33,7 @@ from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
 from .run_folder import RunLock, prepare_new_run
+from .reporting import EpochReporter
 from .runlog import MetricsLog, environment, write_json
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,13 @@ class Trainer:
     :param bool progress: show a progress bar (default: when stderr is a terminal).
     :param bool overwrite: let a new run replace the files of an old run in ``out_dir`` (they
         are removed first); without it a folder that holds files is refused.
+    :param bool verbose: print one line per epoch to stderr when logging is not configured
+        (with logging at INFO the line is logged instead; see
+        :mod:`pyro_seqvae.training.reporting`).
+    :param bool tensorboard: also log scalars to ``<out_dir>/tensorboard/`` (needs the
+        ``tensorboard`` extra). ``<out_dir>/curves.png`` is refreshed after every epoch.
+
+    Every figure it shows or writes is per step in nats, signed as an ELBO: higher is better.
 
     Example::
 
@@ -114,10 +122,11 @@ class Trainer:
     """
 
     def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None,
-                 overwrite=False):
+                 overwrite=False, verbose=True, tensorboard=False):
         self.model, self.guide, self.config = model, guide, config
         self.device = resolve_device(config.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.reporter = EpochReporter(self.out_dir, verbose=verbose, tensorboard=tensorboard)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.overwrite = overwrite
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
@@ -336,7 +345,7 @@ class Trainer:
             steps += batch_steps
             self.step += 1
             self._updates_this_fit += 1
-            bar.set_postfix(loss_per_step=f"{total / steps:.3f}", beta=f"{float(beta):.3f}")
+            bar.set_postfix(objective=f"{-total / steps:.3f}", beta=f"{float(beta):.3f}")
         return {"train_objective_per_step": -total / steps, "beta": float(beta)}
 
     def fit(self, splits, *, resume=None, init_from=None) -> list:
@@ -374,6 +383,7 @@ class Trainer:
         with lock:
             if payload is not None:
                 self._restore(payload, changes)
+                self.reporter.say(f"resuming from epoch {self.epoch} (update {self.step})")
             else:
                 if self.out_dir is not None:
                     prepare_new_run(self.out_dir, overwrite=self.overwrite)
@@ -474,10 +484,10 @@ class Trainer:
             self.save(LAST)
             if improved:
                 self.save(BEST)
-            logger.info("epoch %d: train objective %.4f (beta %.3f), valid ELBO %.4f nats/step",
-                        self.epoch, record["train_objective_per_step"], record["beta"], valid)
+            self.reporter.epoch_end(record, self.history, config.epochs)
             if config.patience is not None and epochs_without_gain >= config.patience:
-                logger.info("early stopping: no better validation ELBO for %d epochs",
-                            config.patience)
+                self.reporter.say(f"early stopping: no better validation ELBO for "
+                                  f"{config.patience} epochs")
                 break
+        self.reporter.close()
         return self.history

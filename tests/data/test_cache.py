@@ -1,4 +1,6 @@
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,13 @@ def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, caplog):
 def test_bad_key(tmp_path):
     with pytest.raises(ValueError, match="cache key"):
         cached("../escape", dict, cache_dir=tmp_path)
+
+
+def test_the_suite_never_touches_the_users_cache():
+    # tests/conftest.py points both variables at a temporary folder of this test session, so
+    # data sets built by tests (and by the tutorial notebooks' kernels) never land in ~/.cache
+    session = Path(os.environ["XDG_CACHE_HOME"]).resolve()
+    assert Path(tempfile.gettempdir()).resolve() in session.parents
+    assert session.name.startswith("pyro-seqvae-test-cache-")
+    assert cache_dir().resolve() == session / "pyro-seqvae"
+    assert Path.home().resolve() / ".cache" not in cache_dir().resolve().parents

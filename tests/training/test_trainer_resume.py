@@ -145,7 +145,8 @@ def test_resume_from_a_missing_checkpoint_is_a_checkpoint_error(splits, tmp_path
 def test_run_folder_holds_only_the_final_files(full_run):
     folder = full_run[0]
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted([BEST, LAST, "metrics.jsonl", "run.json"])  # no temporary files
+    # no temporary files
+    assert names == sorted([BEST, LAST, "curves.png", "metrics.jsonl", "run.json"])
 
 
 def test_checkpoint_holds_everything_needed_to_resume(full_run):
