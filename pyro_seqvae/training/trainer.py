@@ -32,8 +32,8 @@ from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
-from .run_folder import RunLock, prepare_new_run
 from .reporting import EpochReporter
+from .run_folder import RunLock, prepare_new_run
 from .runlog import MetricsLog, environment, write_json
 
 logger = logging.getLogger(__name__)

@@ -213,8 +213,8 @@ def test_overwrite_removes_the_old_run_first(data, run2):
     status, _, stderr = run_cli("train", "--data", data, *TWO_UPDATES, "--epochs", 1,
                                 "--out", run2, "--overwrite", "--seed", 5)
     assert status == 0, stderr
-    assert sorted(p.name for p in run2.iterdir()) == sorted([BEST, LAST, "metrics.jsonl", "curves.png",
-                                                             "run.json"])
+    assert sorted(p.name for p in run2.iterdir()) == sorted(
+        [BEST, LAST, "metrics.jsonl", "curves.png", "run.json"])
     assert [r["epoch"] for r in records(run2)] == [1]
     assert json.loads((run2 / "run.json").read_text())["config"]["seed"] == 5
 
