@@ -173,6 +173,17 @@ PRESETS = {
 
 
 def cmd_train(args) -> int:
+    """Train in this process, or as one rank of a ``torchrun`` group (``WORLD_SIZE`` > 1)."""
+    from .training.distributed import from_environment
+
+    parallel = from_environment(args.device)
+    try:
+        return _train(args, parallel)
+    finally:
+        parallel.close()
+
+
+def _train(args, parallel) -> int:
     from .training import LAST, TrainConfig, Trainer
 
     guide = args.guide or ("none" if args.model.lower() == "rnn" else "smooth")
@@ -225,18 +236,25 @@ def cmd_train(args) -> int:
         patience=args.patience, transpose=args.transpose, limit=args.limit)
     out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
                            f"-seed{config.seed}")
-    if args.resume and not (out / LAST).is_file():
-        raise ConfigError(f"--resume: no {LAST} in {out}")
-    _check_writable(out)
-    splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
+
+    def check_out():  # on rank 0 only, which alone writes; its error reaches every rank
+        if args.resume and not (out / LAST).is_file():
+            raise ConfigError(f"--resume: no {LAST} in {out}")
+        _check_writable(out)
+
+    parallel.run_on_main(check_out)
+    splits = config.load_data(cache_dir=args.cache_dir,
+                              progress=not args.quiet and parallel.is_main)
     import pyro
 
     pyro.set_rng_seed(config.seed)
     model, guide_module = config.build(splits.x_dim)
     trainer = Trainer(model, guide_module, config, out_dir=out,
-                      progress=(not args.quiet) and sys.stderr.isatty())
+                      progress=(not args.quiet) and sys.stderr.isatty(), parallel=parallel)
     start = time.perf_counter()
     history = trainer.fit(splits, resume=out / LAST if args.resume else None)
+    if not parallel.is_main:  # rank 0 alone reports and evaluates
+        return 0
     minutes = (time.perf_counter() - start) / 60
     last = history[-1] if history else {}
     print(f"trained {type(model).__name__} + {type(guide_module).__name__}"
@@ -396,7 +414,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if args.quiet or os.environ.get("RANK", "0") != "0"
+                    else logging.INFO)  # under torchrun, rank 0 alone logs
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
     try:
         if args.threads is not None:
@@ -407,7 +426,11 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         return commands[args.command](args)
     except SeqVAEError as exc:
-        print(f"pyro-seqvae {args.command}: error: {exc}", file=sys.stderr)
+        from .training.distributed import error_line
+
+        line = error_line(f"pyro-seqvae {args.command}", exc)  # None: another rank reports it
+        if line is not None:
+            print(line, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"pyro-seqvae {args.command}: interrupted", file=sys.stderr)

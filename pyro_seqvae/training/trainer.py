@@ -21,6 +21,7 @@ from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
+from .distributed import SingleProcess
 from .runlog import MetricsLog, environment, write_json
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Trainer:
     :param TrainConfig config: the run's settings.
     :param out_dir: where checkpoints and logs go (None: nothing written).
     :param bool progress: show a progress bar (default: when stderr is a terminal).
+    :param parallel: the data-parallel context (:mod:`~pyro_seqvae.training.distributed`;
+        default: one process). Under a group only rank 0 writes files and shows progress.
 
     Example::
 
@@ -82,9 +85,15 @@ class Trainer:
         history = Trainer(model, guide, config, out_dir="runs/srnn").fit(splits)
     """
 
-    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None):
+    def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None,
+                 parallel=None):
         self.model, self.guide, self.config = model, guide, config
-        self.device = resolve_device(config.device)
+        # -- data-parallel hook (training/distributed.py): device, rank-0-only writes ---------
+        self.parallel = parallel if parallel is not None else SingleProcess()
+        self.device = self.parallel.local_device(resolve_device(config.device))
+        if not self.parallel.is_main:
+            out_dir, progress = None, False
+        # -- end of hook --
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
@@ -114,7 +123,8 @@ class Trainer:
 
     def resume(self, path):
         """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch and step."""
-        payload = load_checkpoint(path, map_location=self.device)
+        payload = self.parallel.load_on_main(load_checkpoint, path,  # parallel hook
+                                             map_location=self.device)
         if payload["config"] != self.config.to_dict():
             changed = sorted(k for k, v in payload["config"].items()
                              if self.config.to_dict().get(k) != v and k != "epochs")
@@ -131,6 +141,7 @@ class Trainer:
         if self.out_dir is not None:
             MetricsLog(self.out_dir / "metrics.jsonl").truncate_after(self.epoch)
             self.history = MetricsLog(self.out_dir / "metrics.jsonl").read()
+        self.history = self.parallel.broadcast_object(self.history)  # parallel hook: patience
         return payload
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -174,7 +185,8 @@ class Trainer:
                 with warnings.catch_warnings(), pyro.validation_enabled(self._validate_now()):
                     # a NaN loss is reported below as a DivergenceError, not as a warning too
                     warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                    loss = self.svi.step(x, batch.mask, beta)
+                    # parallel hook: this rank's rows, gradients summed over the ranks
+                    loss = self.parallel.step(self.svi, *self.parallel.shard(x, batch.mask), beta)
             except SeqVAEError:
                 raise  # the library's own errors already say what is wrong
             except ValueError as exc:
@@ -228,6 +240,7 @@ class Trainer:
         else:
             pyro.set_rng_seed(config.seed)
             self.save(LAST)  # a good checkpoint exists before the first update
+        self.parallel.begin_fit(self.model, self.guide, seed=config.seed, step=self.step)  # hook
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
         epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
         for past in self.history:
@@ -242,8 +255,9 @@ class Trainer:
             self.model.eval()
             self.guide.eval()
             with pyro.validation_enabled(config.validate == "always"):
-                valid = elbo_per_step(self.model, self.guide,
-                                      self._batches(splits.valid, shuffle=False))
+                valid = self.parallel.evaluate(  # parallel hook: sharded and reduced
+                    elbo_per_step, self.model, self.guide,
+                    self._batches(splits.valid, shuffle=False))
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, **record,
                       "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start}

@@ -1,0 +1,332 @@
+"""Data-parallel training on CPU with ``gloo`` (training/distributed.py).
+
+Two ranks are real processes (``multiprocessing`` spawn, TCP rendezvous on 127.0.0.1, or
+``torchrun``). What is asserted:
+
+- two ranks with half of every global batch each reach the parameters of one process with the
+  whole batch (the RNN, whose ELBO draws nothing at random; a final batch of one sequence leaves
+  one rank with an empty shard), to 1e-5, and every rank holds the same parameters;
+- with latent variables, one data-parallel update is the sum of the per-shard gradients drawn
+  with each rank's own random stream, followed by one ClippedAdam step (SRNN smooth+Res_q);
+- the CLI run folder of two ranks is the one-process run folder: the same files, one
+  ``metrics.jsonl`` line per epoch, the same numbers and weights;
+- SIGKILLing rank 0 (the writer) under ``torchrun`` stops the run, leaves a loadable last checkpoint with
+  finite weights, and ``--resume`` finishes the run;
+- the one-line error rules per rank and the backend chosen from the device.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pyro
+import pytest
+import torch
+import torch.multiprocessing as mp
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.util import zero_grads
+from pyro.optim import ClippedAdam
+from test_cli import run_cli, write_benchmark_pickle
+from test_trainer_resume import read_metrics, tiny_splits
+
+import pyro_seqvae.cli as cli
+from pyro_seqvae.errors import DataError, DivergenceError
+from pyro_seqvae.infer.elbo import make_elbo
+from pyro_seqvae.training import BEST, LAST, TrainConfig, Trainer, load_checkpoint
+from pyro_seqvae.training.distributed import (
+    DistributedGroup,
+    PeerFailedError,
+    SingleProcess,
+    backend_for,
+    error_line,
+)
+
+WORLD = 2
+#: 9 training sequences with a global batch of 4: batches of 4, 4 and 1 (one empty shard).
+LENGTHS = {"train": [5, 7, 9, 12, 6, 8, 10, 11, 7], "valid": [5, 9, 12], "test": [6, 8, 10]}
+RNN = dict(data="synthetic", model="rnn", guide="none", model_kwargs={"rnn_dim": 5,
+                                                                       "hidden_dim": 7},
+           epochs=2, batch_size=4, beta_increment=0.25, seed=0)
+SRNN = dict(data="synthetic", model="srnn", guide="smooth", residual=True,
+            model_kwargs={"z_dim": 3, "rnn_dim": 5, "hidden_dim": 7},
+            guide_kwargs={"hidden_dim": 7, "summary_dim": 5}, batch_size=4, seed=0)
+SHARD_SEED = 100  # rank r draws the guide's samples from torch.manual_seed(SHARD_SEED + r)
+SRNN_UPDATES = 3
+TINY_RNN_CLI = ["--model", "rnn", "--rnn-dim", "5", "--hidden-dim", "7", "--batch-size", "4",
+                "--beta-increment", "0.25", "--quiet", "--threads", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join_group(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def _states(*modules):
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def _group_worker(rank, port, folder):
+    """One rank: an RNN Trainer run, then SRNN_UPDATES raw updates of the SRNN."""
+    from pyro_seqvae.training.distributed import from_environment
+
+    _join_group(rank, port)
+    group = from_environment("cpu")
+    try:
+        config = TrainConfig(**RNN)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        model, guide = config.build(88)
+        trainer = Trainer(model, guide, config, out_dir=os.path.join(folder, "run"),
+                          progress=False, parallel=group)
+        history = trainer.fit(tiny_splits(lengths=LENGTHS))
+        rnn = {"history": history, "states": _states(model, guide)}
+
+        config = TrainConfig(**SRNN)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        model, guide = config.build(88)
+        svi = SVI(model, guide, ClippedAdam({"lr": 1e-2, "clip_norm": 10.0}), make_elbo("trace"))
+        torch.manual_seed(SHARD_SEED + rank)
+        losses = []
+        for batch in _srnn_batches():
+            losses.append(group.step(svi, *group.shard(batch.x, batch.mask), 0.5))
+        srnn = {"losses": losses, "states": _states(model, guide)}
+        torch.save({"rnn": rnn, "srnn": srnn}, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        group.close()
+
+
+def _srnn_batches():
+    from pyro_seqvae.data import iterate_batches
+
+    splits = tiny_splits(lengths=LENGTHS)
+    batches = iterate_batches(splits.train, SRNN["batch_size"], shuffle=True, seed=0)
+    return [b for _, b in zip(range(SRNN_UPDATES), batches)]
+
+
+def spawn(fn, *args):
+    """Run ``fn(rank, port, *args)`` on WORLD spawned processes; fail on a non-zero exit."""
+    context = mp.get_context("spawn")
+    port = free_port()
+    procs = [context.Process(target=fn, args=(rank, port, *args)) for rank in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0] * WORLD
+
+
+@pytest.fixture(scope="module")
+def group_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("group")
+    spawn(_group_worker, str(folder))
+    return folder, [torch.load(folder / f"rank{r}.pt", weights_only=False)
+                    for r in range(WORLD)]
+
+
+def assert_close_states(actual, expected, atol=1e-5):
+    for a, e in zip(actual, expected):
+        assert a.keys() == e.keys()
+        for key in e:
+            torch.testing.assert_close(a[key], e[key], atol=atol, rtol=0,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+
+
+# ---- the update ----------------------------------------------------------------------------------
+def test_two_ranks_with_half_batches_match_one_process_with_whole_batches(group_results):
+    folder, results = group_results
+    config = TrainConfig(**RNN)
+    pyro.set_rng_seed(config.seed)
+    model, guide = config.build(88)
+    single = Trainer(model, guide, config, progress=False)
+    history = single.fit(tiny_splits(lengths=LENGTHS))
+    assert single.step == 6  # 3 updates per epoch, the last on one sequence
+    rnn = results[0]["rnn"]
+    assert_close_states(rnn["states"], _states(model, guide))
+    assert [r["step"] for r in rnn["history"]] == [r["step"] for r in history]
+    for mine, theirs in zip(rnn["history"], history):
+        for key in ("train_objective_per_step", "valid_elbo_per_step", "beta"):
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-5), key
+    # every rank ends with the same weights, bit for bit, and rank 0 alone wrote the run
+    assert_close_states(results[1]["rnn"]["states"], rnn["states"], atol=0)
+    assert_close_states(results[1]["srnn"]["states"], results[0]["srnn"]["states"], atol=0)
+    assert len(read_metrics(folder / "run")) == 2
+    assert {p.name for p in (folder / "run").iterdir()} == {LAST, BEST, "metrics.jsonl",
+                                                            "run.json"}
+
+
+def test_a_latent_update_is_the_sum_of_the_per_shard_gradients(group_results):
+    _, results = group_results
+    config = TrainConfig(**SRNN)
+    pyro.set_rng_seed(config.seed)
+    model, guide = config.build(88)
+    elbo, optim = make_elbo("trace"), ClippedAdam({"lr": 1e-2, "clip_norm": 10.0})
+    streams = []
+    for rank in range(WORLD):
+        torch.manual_seed(SHARD_SEED + rank)
+        streams.append(torch.get_rng_state())
+    losses = []
+    for batch in _srnn_batches():
+        rows = torch.tensor_split(torch.arange(batch.x.shape[0]), WORLD)
+        params, loss = set(), 0.0
+        for rank in range(WORLD):  # rank r's shard, with rank r's stream; gradients accumulate
+            if rows[rank].numel() == 0:  # an empty shard draws nothing
+                continue
+            torch.set_rng_state(streams[rank])
+            with poutine.trace(param_only=True) as capture:
+                loss += elbo.loss_and_grads(model, guide, batch.x[rows[rank]],
+                                            batch.mask[rows[rank]], 0.5)
+            streams[rank] = torch.get_rng_state()
+            params |= {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        optim(params)
+        zero_grads(params)
+        losses.append(loss)
+    assert results[0]["srnn"]["losses"] == pytest.approx(losses, rel=1e-6)
+    assert_close_states(results[0]["srnn"]["states"], _states(model, guide))
+
+
+def test_one_process_is_svi_step_itself():
+    """With one process the hooks are today's code: ``step`` is ``svi.step``, ``shard`` keeps
+    the whole batch (the same tensors), ``evaluate`` calls the function given."""
+    single = SingleProcess()
+    x, mask = torch.zeros(3, 4, 2), torch.ones(3, 4, dtype=torch.bool)
+    assert single.shard(x, mask)[0] is x and single.shard(x, mask)[1] is mask
+
+    class Recorder:
+        def step(self, *args):
+            self.args = args
+            return 1.5
+
+    svi = Recorder()
+    assert single.step(svi, x, mask, 0.3) == 1.5 and svi.args == (x, mask, 0.3)
+    assert single.evaluate(lambda m, g, b: (m, g, b), 1, 2, 3) == (1, 2, 3)
+    assert single.is_main and single.world_size == 1
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def _cli_worker(rank, port, argv):
+    _join_group(rank, port)
+    status = cli.main(argv)
+    if status != 0:
+        raise SystemExit(status)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_benchmark_pickle(tmp_path_factory.mktemp("data") / "tiny.pickle",
+                                  sizes=(9, 3, 3))
+
+
+def test_the_run_folder_of_two_ranks_is_the_one_process_run_folder(data_file, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    status, _, stderr = run_cli("train", "--data", data_file, *TINY_RNN_CLI, "--epochs", 2,
+                                "--out", one)
+    assert status == 0, stderr
+    spawn(_cli_worker, ["train", "--data", str(data_file), *TINY_RNN_CLI, "--epochs", "2",
+                        "--out", str(two)])
+    assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()} == {
+        LAST, BEST, "metrics.jsonl", "run.json"}
+    mine, theirs = read_metrics(two), read_metrics(one)
+    assert [r["epoch"] for r in mine] == [r["epoch"] for r in theirs] == [1, 2]
+    for a, b in zip(mine, theirs):
+        assert a["step"] == b["step"]
+        assert a["valid_elbo_per_step"] == pytest.approx(b["valid_elbo_per_step"], abs=1e-5)
+        assert a["train_objective_per_step"] == pytest.approx(b["train_objective_per_step"],
+                                                              abs=1e-5)
+    a, b = load_checkpoint(two / LAST), load_checkpoint(one / LAST)
+    assert (a["epoch"], a["step"], a["config"]) == (b["epoch"], b["step"], b["config"])
+    assert_close_states([a["model_state"]], [b["model_state"]])
+    run_two, run_one = (json.loads((f / "run.json").read_text()) for f in (two, one))
+    assert run_two["config"] == run_one["config"]
+
+
+def test_a_killed_rank_leaves_a_resumable_last_checkpoint(data_file, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data_file), *TINY_RNN_CLI, "--epochs", "400", "--out",
+            str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(cli.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+         "--monitor_interval", "0.2", "-m", "pyro_seqvae", *argv],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                (run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 2):
+            assert launcher.poll() is None, launcher.communicate()
+            time.sleep(0.2)
+        assert len(read_metrics(run)) >= 2, "the run did not start in time"
+        workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == WORLD, workers
+        # torchrun starts its workers in rank order: the lowest pid is rank 0, the one that
+        # writes, killed at whatever point of an epoch (or of a checkpoint write) it is in
+        os.kill(min(int(w) for w in workers), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode != 0, stderr
+    payload = load_checkpoint(run / LAST)
+    assert 2 <= payload["epoch"] < 400
+    assert all(torch.isfinite(v).all() for v in payload["model_state"].values())
+    assert [r["epoch"] for r in read_metrics(run)][:payload["epoch"]] == list(
+        range(1, payload["epoch"] + 1))
+    # the global batch does not depend on the number of ranks: one process may finish the run
+    target = payload["epoch"] + 1
+    status, _, err = run_cli("train", "--data", data_file, *TINY_RNN_CLI, "--epochs", target,
+                             "--out", run, "--resume")
+    assert status == 0, err
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, target + 1))
+    assert load_checkpoint(run / LAST)["epoch"] == target
+
+
+# ---- errors and devices --------------------------------------------------------------------------
+def test_error_lines_per_rank(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert error_line("pyro-seqvae train", DataError("bad")) == "pyro-seqvae train: error: bad"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    assert error_line("p", PeerFailedError("rank 2 failed")) == "p: error: rank 2 failed"
+    monkeypatch.setenv("RANK", "2")
+    assert error_line("p", DataError("bad")) == "p: error: rank 2 of 4: bad"
+    assert error_line("p", PeerFailedError("x")) is None  # rank 0 says it
+    assert error_line("p", DivergenceError("nan")) is None  # every rank met it; rank 0 says it
+
+
+def test_backend_follows_the_device():
+    assert backend_for("cpu") == "gloo"
+    assert backend_for(torch.device("cuda", 1)) == "nccl"
+    assert backend_for("cuda") == "nccl"
+
+
+def test_without_torchrun_training_is_one_process(monkeypatch):
+    from pyro_seqvae.training.distributed import from_environment
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert type(from_environment("cpu")) is SingleProcess
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(Exception, match="RANK is not"):
+        from_environment("cpu")
+    assert not isinstance(SingleProcess(), DistributedGroup)
