@@ -120,7 +120,6 @@ class DistributedGroup(SingleProcess):
         self.device = torch.device(device)
         self.owns_group = owns_group
         self._params = None  # (key, ordered parameters, index by id) of the last model/guide
-        self._updates = 0
 
     # ---- the device and the data ---------------------------------------------------------
     def local_device(self, device: torch.device) -> torch.device:
@@ -129,8 +128,14 @@ class DistributedGroup(SingleProcess):
         return self.device
 
     def shard(self, x, mask):
+        """Rows ``tensor_split(range(B), W)[rank]``. A rank left without rows (a final batch
+        smaller than ``W``) gets the first row with an all-False mask: :meth:`step` runs it, so
+        that the same parameters are traced (and named in the param store, where a resumed
+        optimizer state is found) on every rank, and then drops its loss and gradients."""
         rows = torch.tensor_split(torch.arange(x.shape[0], device=x.device),
                                   self.world_size)[self.rank]
+        if rows.numel() == 0:
+            return x[:1], torch.zeros_like(mask[:1])
         return x[rows], mask[rows]
 
     # ---- collectives ---------------------------------------------------------------------
@@ -207,26 +212,30 @@ class DistributedGroup(SingleProcess):
         params, where = self._ordered_params(svi)
         loss, error = 0.0, None
         used = torch.zeros(len(params), dtype=torch.float64, device=self.device)
-        if x.shape[0] > 0:  # a final global batch smaller than W leaves some shards empty
-            try:
-                with poutine.trace(param_only=True) as capture:
-                    loss = svi.loss_and_grads(svi.model, svi.guide, x, mask, *args)
-                loss = torch_item(loss)
-                for site in capture.trace.nodes.values():
-                    index = where.get(id(site["value"].unconstrained()))
-                    if index is None:
-                        raise ConfigError(
-                            f"parameter {site['name']!r} is not a parameter of the model or "
-                            "guide modules; data-parallel training needs every parameter there")
-                    used[index] = 1.0
-            except Exception as exc:  # reported to the other ranks, re-raised below
-                error = exc
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = svi.loss_and_grads(svi.model, svi.guide, x, mask, *args)
+            loss = torch_item(loss)
+            if not bool(mask.any()):  # a stand-in for an empty shard (see shard): no share
+                loss = 0.0
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.zero_()
+            for site in capture.trace.nodes.values():
+                index = where.get(id(site["value"].unconstrained()))
+                if index is None:
+                    raise ConfigError(
+                        f"parameter {site['name']!r} is not a parameter of the model or guide "
+                        "modules; data-parallel training needs every parameter there")
+                used[index] = 1.0
+        except Exception as exc:  # reported to the other ranks, re-raised below
+            error = exc
         meta = torch.zeros(self.world_size + 1, dtype=torch.float64, device=self.device)
         meta[self.rank] = float(error is not None)
         if error is None:
             meta[-1] = loss
         meta = self._all_reduce(torch.cat([meta, used]), "an update")
-        self._stop_if_failed(meta[:self.world_size], f"update {self._updates + 1}", error)
+        self._stop_if_failed(meta[:self.world_size], "an update", error)
         used = meta[self.world_size + 1:] > 0
         active = [p for p, u in zip(params, used.tolist()) if u]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in active]
@@ -238,7 +247,6 @@ class DistributedGroup(SingleProcess):
                 offset += p.numel()
         svi.optim(set(active))
         zero_grads(active)
-        self._updates += 1
         return float(meta[self.world_size])
 
     def evaluate(self, per_step, model, guide, batches) -> float:

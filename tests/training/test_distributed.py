@@ -9,14 +9,17 @@ Two ranks are real processes (``multiprocessing`` spawn, TCP rendezvous on 127.0
 - with latent variables, one data-parallel update is the sum of the per-shard gradients drawn
   with each rank's own random stream, followed by one ClippedAdam step (SRNN smooth+Res_q);
 - the CLI run folder of two ranks is the one-process run folder: the same files, one
-  ``metrics.jsonl`` line per epoch, the same numbers and weights;
-- SIGKILLing rank 0 (the writer) under ``torchrun`` stops the run, leaves a loadable last checkpoint with
-  finite weights, and ``--resume`` finishes the run;
+  ``metrics.jsonl`` line per epoch, the same numbers and weights; resumed on two ranks, too;
+- a rank whose update raises stops every rank at that update: its own error there, a
+  :class:`PeerFailedError` naming it elsewhere (no rank waits for ever);
+- SIGKILLing rank 0 (the writer) under ``torchrun`` stops the run, leaves a loadable last
+  checkpoint with finite weights, and ``--resume`` finishes the run;
 - the one-line error rules per rank and the backend chosen from the device.
 """
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +29,7 @@ import time
 import pyro
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from pyro import poutine
 from pyro.infer import SVI
@@ -77,8 +81,10 @@ def _states(*modules):
     return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
 
-def _group_worker(rank, port, folder):
-    """One rank: an RNN Trainer run, then SRNN_UPDATES raw updates of the SRNN."""
+def _group_worker(rank, port, folder, cli_argv):
+    """One rank: an RNN Trainer run, SRNN_UPDATES raw updates of the SRNN, a CLI run and its
+    resumption by one more epoch, then an update that fails on rank 1 only (one process group
+    for all: each spawned process costs seconds of imports)."""
     from pyro_seqvae.training.distributed import from_environment
 
     _join_group(rank, port)
@@ -104,6 +110,32 @@ def _group_worker(rank, port, folder):
             losses.append(group.step(svi, *group.shard(batch.x, batch.mask), 0.5))
         srnn = {"losses": losses, "states": _states(model, guide)}
         torch.save({"rnn": rnn, "srnn": srnn}, os.path.join(folder, f"rank{rank}.pt"))
+        assert cli.main(cli_argv) == 0  # joins the group made above, and leaves it to us
+        if rank == 0:
+            shutil.copytree(cli_argv[-1], cli_argv[-1] + "_resumed")
+        dist.barrier()
+        resume = [*cli_argv[:-3], "3", "--out", cli_argv[-1] + "_resumed", "--resume"]
+        assert cli.main(resume) == 0
+
+        config = TrainConfig(**RNN)
+        pyro.clear_param_store()
+        model, guide = config.build(88)
+        trainer = Trainer(model, guide, config, progress=False, parallel=group)
+        real, calls = trainer.svi.loss_and_grads, []
+
+        def fails_on_rank_1_at_update_2(*args, **kwargs):
+            calls.append(1)
+            if rank == 1 and len(calls) == 2:
+                raise ValueError("boom")
+            return real(*args, **kwargs)
+
+        trainer.svi.loss_and_grads = fails_on_rank_1_at_update_2
+        try:
+            trainer.fit(tiny_splits(lengths=LENGTHS))
+            failure = None
+        except Exception as exc:
+            failure = (type(exc).__name__, str(exc))
+        torch.save(failure, os.path.join(folder, f"failure{rank}.pt"))
     finally:
         group.close()
 
@@ -132,9 +164,20 @@ def spawn(fn, *args):
 
 
 @pytest.fixture(scope="module")
-def group_results(tmp_path_factory):
+def data_file(tmp_path_factory):
+    return write_benchmark_pickle(tmp_path_factory.mktemp("data") / "tiny.pickle",
+                                  sizes=(9, 3, 3))
+
+
+def cli_train_argv(data_file, out, epochs=2):
+    return ["train", "--data", str(data_file), *TINY_RNN_CLI, "--epochs", str(epochs),
+            "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def group_results(tmp_path_factory, data_file):
     folder = tmp_path_factory.mktemp("group")
-    spawn(_group_worker, str(folder))
+    spawn(_group_worker, str(folder), cli_train_argv(data_file, folder / "cli"))
     return folder, [torch.load(folder / f"rank{r}.pt", weights_only=False)
                     for r in range(WORLD)]
 
@@ -185,7 +228,11 @@ def test_a_latent_update_is_the_sum_of_the_per_shard_gradients(group_results):
         rows = torch.tensor_split(torch.arange(batch.x.shape[0]), WORLD)
         params, loss = set(), 0.0
         for rank in range(WORLD):  # rank r's shard, with rank r's stream; gradients accumulate
-            if rows[rank].numel() == 0:  # an empty shard draws nothing
+            if rows[rank].numel() == 0:  # an empty shard: a stand-in, drawn and dropped
+                torch.set_rng_state(streams[rank])
+                with poutine.trace(param_only=True):
+                    elbo.loss(model, guide, batch.x[:1], batch.mask[:1] & False, 0.5)
+                streams[rank] = torch.get_rng_state()
                 continue
             torch.set_rng_state(streams[rank])
             with poutine.trace(param_only=True) as capture:
@@ -219,26 +266,11 @@ def test_one_process_is_svi_step_itself():
 
 
 # ---- the command line ----------------------------------------------------------------------------
-def _cli_worker(rank, port, argv):
-    _join_group(rank, port)
-    status = cli.main(argv)
-    if status != 0:
-        raise SystemExit(status)
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    return write_benchmark_pickle(tmp_path_factory.mktemp("data") / "tiny.pickle",
-                                  sizes=(9, 3, 3))
-
-
-def test_the_run_folder_of_two_ranks_is_the_one_process_run_folder(data_file, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    status, _, stderr = run_cli("train", "--data", data_file, *TINY_RNN_CLI, "--epochs", 2,
-                                "--out", one)
+def test_the_run_folder_of_two_ranks_is_the_one_process_run_folder(group_results, data_file,
+                                                                   tmp_path):
+    one, two = tmp_path / "one", group_results[0] / "cli"
+    status, _, stderr = run_cli(*cli_train_argv(data_file, one))
     assert status == 0, stderr
-    spawn(_cli_worker, ["train", "--data", str(data_file), *TINY_RNN_CLI, "--epochs", "2",
-                        "--out", str(two)])
     assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()} == {
         LAST, BEST, "metrics.jsonl", "run.json"}
     mine, theirs = read_metrics(two), read_metrics(one)
@@ -255,10 +287,34 @@ def test_the_run_folder_of_two_ranks_is_the_one_process_run_folder(data_file, tm
     assert run_two["config"] == run_one["config"]
 
 
+def test_two_ranks_resume_like_one_process(group_results, data_file, tmp_path):
+    """The 2-rank run above was resumed on 2 ranks to 3 epochs: rank 0 read the checkpoint and
+    the history, every rank took them, and the result is a 3-epoch one-process run."""
+    one, two = tmp_path / "one", group_results[0] / "cli_resumed"
+    status, _, stderr = run_cli(*cli_train_argv(data_file, one, epochs=3))
+    assert status == 0, stderr
+    mine, theirs = read_metrics(two), read_metrics(one)
+    assert [r["epoch"] for r in mine] == [1, 2, 3]
+    assert mine[-1]["valid_elbo_per_step"] == pytest.approx(theirs[-1]["valid_elbo_per_step"],
+                                                            abs=1e-5)
+    a, b = load_checkpoint(two / LAST), load_checkpoint(one / LAST)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 9)
+    assert_close_states([a["model_state"]], [b["model_state"]])
+
+
+def test_a_failing_rank_stops_every_rank_at_the_same_update(group_results):
+    folder = group_results[0]
+    failures = [torch.load(folder / f"failure{r}.pt", weights_only=False) for r in range(WORLD)]
+    # rank 1's own error, with the Trainer's context; rank 0 stops with a pointer to it
+    assert failures[1][0] == "DataError"
+    assert "update 2" in failures[1][1] and "boom" in failures[1][1]
+    assert failures[0] == ("PeerFailedError", "rank 1 of 2 failed during an update (its error is "
+                           "printed by that rank); all ranks stopped")
+
+
 def test_a_killed_rank_leaves_a_resumable_last_checkpoint(data_file, tmp_path):
     run = tmp_path / "run"
-    argv = ["train", "--data", str(data_file), *TINY_RNN_CLI, "--epochs", "400", "--out",
-            str(run)]
+    argv = cli_train_argv(data_file, run, epochs=400)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(cli.__file__)),
                                           os.environ.get("PYTHONPATH", "")])}
@@ -293,8 +349,7 @@ def test_a_killed_rank_leaves_a_resumable_last_checkpoint(data_file, tmp_path):
         range(1, payload["epoch"] + 1))
     # the global batch does not depend on the number of ranks: one process may finish the run
     target = payload["epoch"] + 1
-    status, _, err = run_cli("train", "--data", data_file, *TINY_RNN_CLI, "--epochs", target,
-                             "--out", run, "--resume")
+    status, _, err = run_cli(*cli_train_argv(data_file, run, epochs=target), "--resume")
     assert status == 0, err
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, target + 1))
     assert load_checkpoint(run / LAST)["epoch"] == target
