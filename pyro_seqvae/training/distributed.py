@@ -33,6 +33,7 @@ and the Trainer's reliability guards on one code path (STYLE.md, "Pyro under DDP
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 
 import pyro
@@ -142,7 +143,7 @@ class DistributedGroup(SingleProcess):
     def _all_reduce(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        except (RuntimeError, dist.DistBackendError) as exc:
+        except RuntimeError as exc:  # gloo/nccl errors (DistBackendError is one)
             raise PeerFailedError(f"rank {self.rank} of {self.world_size}: lost contact with "
                                   f"the other ranks during {what} ({str(exc).splitlines()[0]})"
                                   ) from exc
@@ -318,9 +319,12 @@ def from_environment(device="cpu", *, timeout_minutes: float = 30.0) -> SinglePr
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
+        options = {}
+        if device.type == "cuda" and "device_id" in inspect.signature(
+                dist.init_process_group).parameters:  # torch >= 2.3: bind the NCCL communicator
+            options["device_id"] = device
         dist.init_process_group(backend_for(device), init_method="env://",
-                                timeout=datetime.timedelta(minutes=timeout_minutes),
-                                **({"device_id": device} if device.type == "cuda" else {}))
+                                timeout=datetime.timedelta(minutes=timeout_minutes), **options)
     return DistributedGroup(device, local_rank=local_rank, owns_group=owns)
 
 

@@ -39,7 +39,7 @@ from test_cli import run_cli, write_benchmark_pickle
 from test_trainer_resume import read_metrics, tiny_splits
 
 import pyro_seqvae.cli as cli
-from pyro_seqvae.errors import DataError, DivergenceError
+from pyro_seqvae.errors import ConfigError, DataError, DivergenceError
 from pyro_seqvae.infer.elbo import make_elbo
 from pyro_seqvae.training import BEST, LAST, TrainConfig, Trainer, load_checkpoint
 from pyro_seqvae.training.distributed import (
@@ -382,6 +382,14 @@ def test_without_torchrun_training_is_one_process(monkeypatch):
     assert type(from_environment("cpu")) is SingleProcess
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(Exception, match="RANK is not"):
+    with pytest.raises(ConfigError, match="RANK is not"):
         from_environment("cpu")
     assert not isinstance(SingleProcess(), DistributedGroup)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="expected an integer"):
+        monkeypatch.setenv("LOCAL_RANK", "first")
+        from_environment("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    if not torch.cuda.is_available():  # nccl is chosen for CUDA, which must then exist
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            from_environment("cuda")
