@@ -4,9 +4,9 @@ Each repetition launches, for every world size ``W`` in ``--worlds`` (rotated or
 processes (``torch.multiprocessing`` spawn, TCP rendezvous on 127.0.0.1), each with
 ``--threads`` torch threads. Every process builds the same model (SRNN + SmoothingGuide with
 Res_q at the music size by default), takes the first ``--warmup + --updates`` global batches of
-the seeded, length-bucketed JSB epoch (``--batch-size`` sequences per update *in all*), and runs
-the Trainer's update, ``parallel.step(svi, *parallel.shard(x, mask), beta)``
-(:mod:`pyro_seqvae.training.distributed`). After ``--warmup`` updates and a barrier, rank 0
+the seeded, length-bucketed JSB epoch (``--batch-size`` sequences per update *in all*; with
+``--weak``, per rank), and runs the Trainer's update,
+``parallel.step(svi, *parallel.shard(x, mask), beta)`` (:mod:`pyro_seqvae.training.distributed`). After ``--warmup`` updates and a barrier, rank 0
 times ``--updates`` updates (a barrier at the end). Reported: sequences and padded steps per
 second, the speed-up of each ``W`` over ``W = 1`` within the same repetition, and the seconds
 each rank spent inside the all-reduces (the transfer plus waiting for the slowest rank); the
@@ -56,12 +56,13 @@ def _worker(rank, world, port, args, queue):
 
     parallel = from_environment(args.device)
     device = parallel.local_device(torch.device(args.device))
+    batch_size = args.batch_size * world if args.weak else args.batch_size
     config = TrainConfig(model=args.model, guide="smooth", residual=True, seed=args.seed,
-                         batch_size=args.batch_size, validate="never", device=args.device,
+                         batch_size=batch_size, validate="never", device=args.device,
                          model_kwargs={"z_dim": args.z_dim, "rnn_dim": args.rnn_dim,
                                        "hidden_dim": args.hidden_dim})
     splits = load_dataset("jsb", progress=False, limit=args.limit)
-    batches = iterate_batches(splits.train, args.batch_size, shuffle=True, seed=args.seed,
+    batches = iterate_batches(splits.train, batch_size, shuffle=True, seed=args.seed,
                               bucket_by_length=True, device=device)
     batches = [b for _, b in zip(range(args.warmup + args.updates), batches)]
     pyro.clear_param_store()
@@ -142,6 +143,8 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=10, help="timed updates per run")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=20, help="global batch (all ranks)")
+    p.add_argument("--weak", action="store_true",
+                   help="weak scaling: --batch-size sequences per rank (global W * batch)")
     p.add_argument("--model", default="srnn")
     p.add_argument("--z-dim", type=int, default=100)
     p.add_argument("--rnn-dim", type=int, default=300)

@@ -289,7 +289,9 @@ def _reraise(message):
 def from_environment(device="cpu", *, timeout_minutes: float = 30.0) -> SingleProcess:
     """The parallel context that ``torchrun`` (or SLURM through TorchElastic) asked for.
 
-    With ``WORLD_SIZE`` unset or 1: :class:`SingleProcess`. Otherwise join the group through
+    With ``WORLD_SIZE`` unset or 1: :class:`SingleProcess` (unless ``PYRO_SEQVAE_DISTRIBUTED=1``,
+    which makes even one rank join a group: a check of the backend on a machine with one GPU,
+    where two ``nccl`` ranks cannot share the device). Otherwise join the group through
     ``env://`` (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, set by ``torchrun``)
     with ``nccl`` for a CUDA ``device`` (this rank then uses ``cuda:LOCAL_RANK``) or ``gloo``.
 
@@ -297,7 +299,7 @@ def from_environment(device="cpu", *, timeout_minutes: float = 30.0) -> SinglePr
     :raises ConfigError: an unusable environment or device.
     """
     world = _env_int("WORLD_SIZE", 1)
-    if world <= 1:
+    if world <= 1 and os.environ.get("PYRO_SEQVAE_DISTRIBUTED") != "1":
         return SingleProcess()
     rank, local_rank = _env_int("RANK", None), _env_int("LOCAL_RANK", 0)
     if rank is None:

@@ -265,6 +265,34 @@ def test_one_process_is_svi_step_itself():
     assert single.is_main and single.world_size == 1
 
 
+def test_a_group_of_one_rank_is_svi_step_exactly(tmp_path):
+    """The hand-made update (trace, loss_and_grads, all-reduce, ClippedAdam, zero_grads) of a
+    one-rank gloo group gives SVI.step's parameters and losses bit for bit."""
+    config = TrainConfig(**SRNN)
+    batches = _srnn_batches()
+    results = []
+    for grouped in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model, guide = config.build(88)
+        svi = SVI(model, guide, ClippedAdam({"lr": 1e-2, "clip_norm": 10.0}),
+                  make_elbo("trace"))
+        if grouped:
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}",
+                                    rank=0, world_size=1)
+            group = DistributedGroup("cpu", owns_group=True)
+        try:
+            losses = [group.step(svi, *group.shard(b.x, b.mask), 0.5) if grouped
+                      else svi.step(b.x, b.mask, 0.5) for b in batches]
+        finally:
+            if grouped:
+                group.close()
+        results.append((losses, _states(model, guide)))
+    assert results[1][0] == results[0][0]
+    assert_close_states(results[1][1], results[0][1], atol=0)
+    assert not dist.is_initialized()
+
+
 # ---- the command line ----------------------------------------------------------------------------
 def test_the_run_folder_of_two_ranks_is_the_one_process_run_folder(group_results, data_file,
                                                                    tmp_path):
