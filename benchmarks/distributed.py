@@ -6,8 +6,9 @@ processes (``torch.multiprocessing`` spawn, TCP rendezvous on 127.0.0.1), each w
 Res_q at the music size by default), takes the first ``--warmup + --updates`` global batches of
 the seeded, length-bucketed JSB epoch (``--batch-size`` sequences per update *in all*; with
 ``--weak``, per rank), and runs the Trainer's update,
-``parallel.step(svi, *parallel.shard(x, mask), beta)`` (:mod:`pyro_seqvae.training.distributed`). After ``--warmup`` updates and a barrier, rank 0
-times ``--updates`` updates (a barrier at the end). Reported: sequences and padded steps per
+``parallel.step(svi, *parallel.shard(x, mask), beta)`` (:mod:`pyro_seqvae.training.distributed`).
+After ``--warmup`` updates and a barrier, rank 0 times ``--updates`` updates (a barrier at the
+end). Reported: sequences and padded steps per
 second, the speed-up of each ``W`` over ``W = 1`` within the same repetition, and the seconds
 each rank spent inside the all-reduces (the transfer plus waiting for the slowest rank); the
 load average of the machine before and after is recorded, since the figures depend on it.
