@@ -8,8 +8,8 @@ the seeded, length-bucketed JSB epoch (``--batch-size`` sequences per update *in
 ``--weak``, per rank), and runs the Trainer's update,
 ``parallel.step(svi, *parallel.shard(x, mask), beta)`` (:mod:`pyro_seqvae.training.distributed`).
 After ``--warmup`` updates and a barrier, rank 0 times ``--updates`` updates (a barrier at the
-end). Reported: sequences and padded steps per
-second, the speed-up of each ``W`` over ``W = 1`` within the same repetition, and the seconds
+end). Reported: real (unpadded) steps, padded steps and sequences per second, the speed-up of
+each ``W`` over ``W = 1`` in real steps per second within the same repetition, and the seconds
 each rank spent inside the all-reduces (the transfer plus waiting for the slowest rank); the
 load average of the machine before and after is recorded, since the figures depend on it.
 
@@ -134,7 +134,27 @@ def measure(world, args) -> dict:
         raise RuntimeError(f"W={world}: exit codes {[p.exitcode for p in procs]}")
     result["sequences_per_second"] = result["sequences"] / result["seconds"]
     result["padded_steps_per_second"] = result["padded_steps"] / result["seconds"]
+    result["real_steps_per_second"] = result["real_steps"] / result["seconds"]
     return result
+
+
+def table(result) -> str:
+    """One row per repetition and world size: real (unpadded) steps per second, the primary
+    figure (with --weak the batches differ in length, so sequences per second mislead), and
+    the speed-up over W = 1 in the same repetition."""
+    rows = ["| rep | W | mean global batch | updates | seconds | real steps/s | x of W=1 | "
+            "all-reduce s per rank |", "|---|---|---|---|---|---|---|---|"]
+    for i, rep in enumerate(result["reps"]):
+        base = rep.get("1")
+        for w, r in rep.items():
+            batch = r["sequences"] / r["updates"]
+            speedup = (r["real_steps"] / r["seconds"]) / (base["real_steps"] / base["seconds"])
+            rows.append(f"| {i + 1} | {w} | {batch:.0f} | {r['updates']} | {r['seconds']:.1f} | "
+                        f"{r['real_steps'] / r['seconds']:.0f} | "
+                        + (f"{speedup:.2f}" if base else "") + " | "
+                        + ", ".join(f"{t:.1f}" for t in r.get("all_reduce_seconds_per_rank",
+                                                               [])) + " |")
+    return "\n".join(rows)
 
 
 def main(argv=None):
@@ -156,7 +176,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--out", default="benchmarks/results/distributed_cpu.json")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="print the table of an existing result file and exit")
     args = p.parse_args(argv)
+    if args.report:
+        print(table(json.loads(Path(args.report).read_text())))
+        return
 
     from pyro_seqvae.training.runlog import environment
 
@@ -167,15 +192,15 @@ def main(argv=None):
         runs = {w: measure(w, args) for w in order}
         base = runs.get(1)
         for w, r in runs.items():
-            r["speedup_vs_1"] = (r["sequences_per_second"] / base["sequences_per_second"]
+            r["speedup_vs_1"] = (r["real_steps_per_second"] / base["real_steps_per_second"]
                                  if base else None)
-            print(f"rep {rep + 1}: W={w}: {r['sequences_per_second']:.2f} sequences/s "
+            print(f"rep {rep + 1}: W={w}: {r['real_steps_per_second']:.0f} steps/s "
                   f"({r['seconds']:.1f} s for {r['updates']} updates, in all-reduces per rank "
                   f"{', '.join(f'{t:.1f}' for t in r['all_reduce_seconds_per_rank'])} s)"
                   + (f", x{r['speedup_vs_1']:.2f} of W=1" if base else ""), flush=True)
         reps.append({str(w): r for w, r in runs.items()})
-    summary = {str(w): {"median_sequences_per_second": statistics.median(
-                            r[str(w)]["sequences_per_second"] for r in reps),
+    summary = {str(w): {"median_real_steps_per_second": statistics.median(
+                            r[str(w)]["real_steps_per_second"] for r in reps),
                         "median_speedup_vs_1": statistics.median(
                             r[str(w)]["speedup_vs_1"] for r in reps)
                         if 1 in args.worlds else None}
@@ -187,7 +212,7 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     for w, s in summary.items():
-        print(f"W={w}: median {s['median_sequences_per_second']:.2f} sequences/s"
+        print(f"W={w}: median {s['median_real_steps_per_second']:.0f} steps/s"
               + (f", median speed-up x{s['median_speedup_vs_1']:.2f}"
                  if s["median_speedup_vs_1"] is not None else ""))
     print(f"written to {args.out}")
