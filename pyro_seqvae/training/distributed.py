@@ -168,17 +168,17 @@ class DistributedGroup(SingleProcess):
         return self.device if backend_for(self.device) == "nccl" else None
 
     def run_on_main(self, fn):
-        result, message = None, None
+        result, message, error = None, None, None
         if self.is_main:
             try:
                 result = fn()
             except SeqVAEError as exc:
-                message = (type(exc).__name__, str(exc))
+                message, error = str(exc), exc
         result, message = self.broadcast_object((result, message))
+        if error is not None:
+            raise error
         if message is not None:
-            if self.is_main:
-                raise _reraise(message)
-            raise PeerFailedError(f"rank 0 of {self.world_size} failed: {message[1]}")
+            raise PeerFailedError(f"rank 0 of {self.world_size} failed: {message}")
         return result
 
     def load_on_main(self, reader, path, *, map_location):
@@ -274,16 +274,6 @@ class DistributedGroup(SingleProcess):
     def describe(self) -> str:
         return (f"rank {self.rank} of {self.world_size} ({backend_for(self.device)}, "
                 f"{self.device})")
-
-
-def _reraise(message):
-    """A :class:`SeqVAEError` of the named class (as raised on rank 0) with its message."""
-    import pyro_seqvae.errors as errors
-
-    cls = getattr(errors, message[0], None)
-    if not (isinstance(cls, type) and issubclass(cls, SeqVAEError)):
-        cls = SeqVAEError
-    return cls(message[1])
 
 
 def from_environment(device="cpu", *, timeout_minutes: float = 30.0) -> SingleProcess:
