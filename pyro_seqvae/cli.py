@@ -238,6 +238,19 @@ def _continue_command(argv, out, lr=None) -> str:
 
 
 def cmd_train(args) -> int:
+    """Train in this process, or as one rank of a ``torchrun`` group (``WORLD_SIZE`` > 1)."""
+    from .training.distributed import from_environment
+
+    parallel = from_environment(args.device)
+    try:
+        return _train(args, parallel)
+    finally:
+        parallel.close()
+
+
+def _train(args, parallel) -> int:
+    from contextlib import ExitStack
+
     from .errors import DivergenceError, RunFolderError
     from .training import BEST, LAST, TrainConfig, Trainer
     from .training.run_folder import RunLock, prepare_new_run
@@ -290,26 +303,33 @@ def cmd_train(args) -> int:
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
-    out = _claim_run_folder(args, config)
-    with RunLock(out):
-        if args.resume and not (out / LAST).is_file():
-            raise ConfigError(f"--resume: no {LAST} in {out}")
-        if not args.resume and not args.overwrite:
-            prepare_new_run(out)  # refuses a folder that holds files; deletes nothing
-        _check_writable(out)
-        if args.tensorboard:
-            from .training.reporting import tensorboard_writer_class
+    if args.tensorboard:
+        from .training.reporting import tensorboard_writer_class
 
-            tensorboard_writer_class()  # a missing package is reported before the data is loaded
+        tensorboard_writer_class()  # a missing package is reported before any folder is made
+    with ExitStack() as stack:
+        def claim():  # on rank 0 only, which alone writes; its error reaches every rank
+            out = _claim_run_folder(args, config)
+            stack.enter_context(RunLock(out))
+            if args.resume and not (out / LAST).is_file():
+                raise ConfigError(f"--resume: no {LAST} in {out}")
+            if not args.resume and not args.overwrite:
+                prepare_new_run(out)  # refuses a folder that holds files; deletes nothing
+            _check_writable(out)
+            return out
+
+        out = parallel.run_on_main(claim)
         args.run_dir = out  # for the interrupt message
-        splits = config.load_data(cache_dir=args.cache_dir, progress=not args.quiet)
+        splits = config.load_data(cache_dir=args.cache_dir,
+                                  progress=not args.quiet and parallel.is_main)
         import pyro
 
         pyro.set_rng_seed(config.seed)
         model, guide_module = config.build(splits.x_dim)
         trainer = Trainer(model, guide_module, config, out_dir=out, overwrite=args.overwrite,
                           progress=(not args.quiet) and sys.stderr.isatty(),
-                          verbose=not args.quiet, tensorboard=args.tensorboard)
+                          verbose=not args.quiet, tensorboard=args.tensorboard,
+                          parallel=parallel)
         trainer.command = ["pyro-seqvae", *getattr(args, "argv", sys.argv[1:])]
         start = time.perf_counter()
         try:
@@ -325,6 +345,8 @@ def cmd_train(args) -> int:
             raise
         except OSError as exc:  # a full disk, a folder made read-only mid-run ...
             raise RunFolderError(f"{exc.filename or out}: {exc.strerror or exc}") from exc
+    if not parallel.is_main:  # rank 0 alone reports and evaluates
+        return 0
     minutes = (time.perf_counter() - start) / 60
     last = history[-1] if history else {}
     print(f"trained {type(model).__name__} + {type(guide_module).__name__}"
@@ -527,7 +549,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that quote it
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if args.quiet or os.environ.get("RANK", "0") != "0"
+                    else logging.INFO)  # under torchrun, rank 0 alone logs
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
     try:
         threads = args.threads
@@ -541,7 +564,11 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)
         return commands[args.command](args)
     except SeqVAEError as exc:
-        print(f"pyro-seqvae {args.command}: error: {exc}", file=sys.stderr)
+        from .training.distributed import error_line
+
+        line = error_line(f"pyro-seqvae {args.command}", exc)  # None: another rank reports it
+        if line is not None:
+            print(line, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"pyro-seqvae {args.command}: interrupted"

@@ -32,6 +32,7 @@ from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
+from .distributed import SingleProcess
 from .reporting import EpochReporter
 from .run_folder import RunLock, prepare_new_run
 from .runlog import MetricsLog, environment, write_json
@@ -112,6 +113,8 @@ class Trainer:
         ``tensorboard`` extra). ``<out_dir>/curves.png`` is refreshed after every epoch.
 
     Every figure it shows or writes is per step in nats, signed as an ELBO: higher is better.
+    :param parallel: the data-parallel context (:mod:`~pyro_seqvae.training.distributed`;
+        default: one process). Under a group only rank 0 writes files and shows progress.
 
     Example::
 
@@ -122,9 +125,14 @@ class Trainer:
     """
 
     def __init__(self, model, guide, config: TrainConfig, *, out_dir=None, progress=None,
-                 overwrite=False, verbose=True, tensorboard=False):
+                 overwrite=False, verbose=True, tensorboard=False, parallel=None):
         self.model, self.guide, self.config = model, guide, config
-        self.device = resolve_device(config.device)
+        # -- data-parallel hook (training/distributed.py): device, rank-0-only writes ---------
+        self.parallel = parallel if parallel is not None else SingleProcess()
+        self.device = self.parallel.local_device(resolve_device(config.device))
+        if not self.parallel.is_main:
+            out_dir, progress = None, False
+        # -- end of hook --
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.reporter = EpochReporter(self.out_dir, verbose=verbose, tensorboard=tensorboard)
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -183,7 +191,8 @@ class Trainer:
 
         :returns: ``(payload, changes)``, ``changes`` mapping a setting to ``[old, new]``.
         """
-        payload = load_checkpoint(path, map_location=self.device)
+        payload = self.parallel.load_on_main(load_checkpoint, path,  # parallel hook
+                                             map_location=self.device)
         stored, now = payload["config"], self.config.to_dict()
         changed = sorted(k for k in set(stored) | set(now)
                          if stored.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
@@ -227,6 +236,7 @@ class Trainer:
             log = MetricsLog(self.out_dir / "metrics.jsonl")
             log.truncate_after(self.epoch)
             self.history = log.read()
+        self.history = self.parallel.broadcast_object(self.history)  # parallel hook: patience
 
     def resume(self, path):
         """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch, step and the KL
@@ -311,7 +321,8 @@ class Trainer:
                 with warnings.catch_warnings(), pyro.validation_enabled(self._validate_now()):
                     # a NaN loss is reported below as a DivergenceError, not as a warning too
                     warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                    loss = self.svi.step(x, batch.mask, beta)
+                    # parallel hook: this rank's rows, gradients summed over the ranks
+                    loss = self.parallel.step(self.svi, *self.parallel.shard(x, batch.mask), beta)
             except SeqVAEError:
                 raise  # the library's own errors already say what is wrong
             except ValueError as exc:
@@ -446,6 +457,7 @@ class Trainer:
 
     def _loop(self, splits) -> list:
         config = self.config
+        self.parallel.begin_fit(self.model, self.guide, seed=config.seed, step=self.step)  # hook
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
         epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
         for past in self.history:
@@ -460,8 +472,9 @@ class Trainer:
             self.model.eval()
             self.guide.eval()
             with pyro.validation_enabled(config.validate == "always"):
-                valid = elbo_per_step(self.model, self.guide,
-                                      self._batches(splits.valid, shuffle=False))
+                valid = self.parallel.evaluate(  # parallel hook: sharded and reduced
+                    elbo_per_step, self.model, self.guide,
+                    self._batches(splits.valid, shuffle=False))
             limit = self._divergence_limit()
             if not math.isfinite(valid) or (limit is not None and -valid > limit):
                 raise self._diverged(
