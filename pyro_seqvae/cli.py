@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from .cli_checks import (
+    check_evaluate_args,
+    check_sample_args,
+    check_sample_size,
+    check_train_args,
+    remove_empty_folders,
+)
 from .errors import ConfigError, SeqVAEError
 from .infer.importance import DEFAULT_MAX_ROWS
 
@@ -154,9 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- commands --------------------------------------------------------------------------------
+#: Folders this command created; ``main`` removes those still empty when the command fails.
+_CREATED: list = []
+
+
 def _check_writable(folder: Path):
     try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
+        _CREATED.extend(missing)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
@@ -223,6 +237,7 @@ def cmd_train(args) -> int:
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
+    check_train_args(args, config)
     out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
                            f"-seed{config.seed}")
     if args.resume and not (out / LAST).is_file():
@@ -251,7 +266,7 @@ def cmd_train(args) -> int:
                             out=out / f"eval_test_K{args.eval_particles}.json",
                             extra={"run": str(out), "data": config.data},
                             progress=(not args.quiet) and sys.stderr.isatty())
-        _print_results(results)
+        _print_results(results, exact=not model.has_latents)
     print(f"results in {out}/: metrics.jsonl, run.json, checkpoint_best.pt, checkpoint_last.pt")
     print(f"next: pyro-seqvae evaluate {out}   |   pyro-seqvae sample {out}")
     return 0
@@ -263,6 +278,7 @@ def _load_run(run, device):
     from .errors import CheckpointError
     from .training import TrainConfig, load_checkpoint, resolve_device
     from .training.checkpoint import restore_modules
+    from .training.state_check import check_state_fits
 
     device = resolve_device(device)
     payload = load_checkpoint(run, map_location=device)
@@ -281,6 +297,7 @@ def _load_run(run, device):
                                     guide_config=stored[1])
     except ConfigError as exc:
         raise ConfigError(f"{payload['path']}: {exc}") from exc
+    check_state_fits(payload, model, guide)
     restore_modules(payload, model, guide)
     model.to(device).eval()
     guide.to(device).eval()
@@ -308,25 +325,30 @@ def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_r
     return results
 
 
-def _print_results(r):
+def _print_results(r, *, exact=False):
     if r["khat_max"] is not None:
         khat = f"{r['khat_max']:.2f}"
     elif r["khat_over_0_7"]:
         khat = "inf (too few particles to fit the tail; raise --particles)"
-    else:
+    elif exact:
         khat = "n/a (exact likelihood)"
+    else:
+        khat = "n/a (too few particles to fit the tail; raise --particles)"
+    stderr = (f"(+- {r['is_stderr_per_step']:.4f})" if math.isfinite(r["is_stderr_per_step"])
+              else "(no standard error from one particle)")
     print(f"{r['split']}: {r['num_sequences']} sequences, {r['num_steps']} steps, "
           f"K={r['particles']}\n"
           f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
-          f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} "
-          f"(+- {r['is_stderr_per_step']:.4f})\n"
+          f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} {stderr}\n"
           f"  Pareto k-hat max {khat}; sequences with k-hat > 0.7: {r['khat_over_0_7']}\n"
           f"  written to {r['path']}")
 
 
 def cmd_evaluate(args) -> int:
+    from .data.fingerprint import changed_splits
     from .errors import CheckpointError
 
+    check_evaluate_args(args)
     model, guide, config, payload, device = _load_run(args.run, args.device)
     source = args.data or config.data
     if args.data or args.kind or args.limit is not None:
@@ -339,6 +361,11 @@ def cmd_evaluate(args) -> int:
         raise CheckpointError(f"{payload['path']}: the model expects data of width "
                               f"{model.x_dim} but {source} has width {splits.x_dim}")
     split = getattr(splits, args.split)
+    data_record = payload.get("extra", {}).get("data", {})
+    if args.data is None or str(args.data) == str(data_record.get("source", config.data)):
+        for line in changed_splits(data_record.get("fingerprints"), splits, [args.split]):
+            print(f"pyro-seqvae evaluate: warning: {source}: {line}; the results are not "
+                  f"comparable with the run's", file=sys.stderr)
     run_dir = Path(payload["path"]).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_K{args.particles}.json"
     results = _evaluate(model, guide, split, particles=args.particles,
@@ -348,7 +375,7 @@ def cmd_evaluate(args) -> int:
                                "data": str(source), "model": config.model,
                                "guide": config.guide, "residual": config.residual},
                         progress=(not args.quiet) and sys.stderr.isatty())
-    _print_results(results)
+    _print_results(results, exact=not model.has_latents)
     return 0
 
 
@@ -358,7 +385,9 @@ def cmd_sample(args) -> int:
 
     from .atomic import atomic_torch_save
 
+    check_sample_args(args)
     model, guide, config, payload, device = _load_run(args.run, args.device)
+    check_sample_size(args.num, args.steps, model.x_dim)
     out = Path(args.out)
     _check_writable(out)
     pyro.set_rng_seed(args.seed)
@@ -398,6 +427,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+    _CREATED.clear()
+    status = 1
     try:
         if args.threads is not None:
             if args.threads < 1:
@@ -405,13 +436,17 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return commands[args.command](args)
+        status = commands[args.command](args)
+        return status
     except SeqVAEError as exc:
         print(f"pyro-seqvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"pyro-seqvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if status != 0:  # a failed command leaves no empty folder behind (issue 13)
+            remove_empty_folders(_CREATED)
 
 
 

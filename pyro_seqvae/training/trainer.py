@@ -16,6 +16,8 @@ from pyro.optim import ClippedAdam
 
 from ..data.augment import transpose_rolls
 from ..data.batching import iterate_batches
+from ..data.fingerprint import data_fingerprints
+from ..data.support import check_support
 from ..errors import CheckpointError, ConfigError, DataError, DivergenceError, SeqVAEError
 from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
@@ -211,8 +213,10 @@ class Trainer:
         config = self.config
         self._updates_this_fit = 0
         self.schedule = config.kl_schedule(-(-len(splits.train) // config.batch_size))
+        check_support(splits, self.model.emission, option="emission")
         self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
-                                   "normalisation": splits.info.get("normalisation")}}
+                                   "normalisation": splits.info.get("normalisation"),
+                                   "fingerprints": data_fingerprints(splits)}}
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "run.json", {
@@ -222,6 +226,7 @@ class Trainer:
                                               "sizes": {s.name: len(s) for s in splits},
                                               "steps": {s.name: s.num_steps for s in splits}},
                 "data_info": {k: v for k, v in splits.info.items() if k != "names"},
+                "data_fingerprints": self.data_info["data"]["fingerprints"],
                 "model_config": self.model.config(), "guide_config": self.guide.config()})
         if resume is not None:
             self.resume(resume)
