@@ -11,7 +11,7 @@ GUIDES = {"filter": FilteringGuide, "smooth": SmoothingGuide, "none": EmptyGuide
 _ALIASES = {"filtering": "filter", "smoothing": "smooth", "empty": "none"}
 
 
-def make_guide(name: str, model, **kwargs):
+def make_guide(name: str, model, /, **kwargs):
     """Build a guide of ``model`` by registry name (``filter``, ``smooth``, ``none``).
 
     :raises ConfigError: for an unknown name.

@@ -13,7 +13,7 @@ from .vrnn import VRNN
 MODELS = {"rnn": RNN, "vrnn": VRNN, "storn": STORN, "srnn": SRNN, "dmm": DMM}
 
 
-def make_model(name: str, **kwargs) -> SequenceModel:
+def make_model(name: str, /, **kwargs) -> SequenceModel:
     """Build a model by its registry name (``rnn``, ``vrnn``, ``storn``, ``srnn``, ``dmm``)."""
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:

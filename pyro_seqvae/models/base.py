@@ -82,12 +82,13 @@ def _as_beta(beta, like: torch.Tensor):
         if beta.numel() != 1:
             raise ConfigError(f"beta must be a number or a 0-dim tensor, got shape "
                               f"{tuple(beta.shape)}")
-        if not torch.jit.is_tracing() and not 0 <= float(beta) < math.inf:
-            raise ConfigError(f"beta (the KL weight) must be a finite number >= 0, got "
+        if not torch.jit.is_tracing() and not 0 < float(beta) < math.inf:
+            raise ConfigError(f"beta (the KL weight) must be a finite number > 0, got "
                               f"{float(beta)}")
         return beta.to(device=like.device, dtype=like.dtype)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
-        raise ConfigError(f"beta (the KL weight) must be a finite number >= 0, got {beta!r}")
+    # > 0: poutine.scale refuses 0 (and a KL weight of 0 leaves q unconstrained)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < math.inf:
+        raise ConfigError(f"beta (the KL weight) must be a finite number > 0, got {beta!r}")
     return float(beta)
 
 
