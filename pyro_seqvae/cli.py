@@ -345,7 +345,7 @@ def _print_results(r, *, exact=False):
 
 
 def cmd_evaluate(args) -> int:
-    from .data.fingerprint import changed_splits
+    from .data.fingerprint import changed_splits, split_fingerprint
     from .errors import CheckpointError
 
     check_evaluate_args(args)
@@ -362,8 +362,9 @@ def cmd_evaluate(args) -> int:
                               f"{model.x_dim} but {source} has width {splits.x_dim}")
     split = getattr(splits, args.split)
     data_record = payload.get("extra", {}).get("data", {})
+    changed = changed_splits(data_record.get("fingerprints"), splits, [args.split])
     if args.data is None or str(args.data) == str(data_record.get("source", config.data)):
-        for line in changed_splits(data_record.get("fingerprints"), splits, [args.split]):
+        for line in changed:
             print(f"pyro-seqvae evaluate: warning: {source}: {line}; the results are not "
                   f"comparable with the run's", file=sys.stderr)
     run_dir = Path(payload["path"]).parent
@@ -373,7 +374,10 @@ def cmd_evaluate(args) -> int:
                         max_rows=args.max_rows, out=out,
                         extra={"run": str(run_dir), "checkpoint": payload["path"],
                                "data": str(source), "model": config.model,
-                               "guide": config.guide, "residual": config.residual},
+                               "guide": config.guide, "residual": config.residual,
+                               "data_sha256": split_fingerprint(split),
+                               "data_matches_run": (None if not data_record.get("fingerprints")
+                                                    else not changed)},
                         progress=(not args.quiet) and sys.stderr.isatty())
     _print_results(results, exact=not model.has_latents)
     return 0

@@ -88,7 +88,8 @@ def check_data_source(data, kind, *, limit=None, data_options=None) -> str:
                               f"and test), got {limit}")
     if data_options and resolved not in ("wav", "strokes"):
         names = ", ".join("--" + k.replace("_", "-") for k in sorted(data_options))
-        raise ConfigError(f"{names}: WAV options, but {data} is {resolved} data")
+        verb = "applies" if len(data_options) == 1 else "apply"
+        raise ConfigError(f"{names} {verb} to WAV data only, but {data} is {resolved} data")
     return resolved
 
 
@@ -149,22 +150,21 @@ def check_train_args(args, config) -> None:
     config.build(_trial_x_dim(emission, kind, config))  # names, sizes and pairs; no data read
 
 
-def check_can_write(path: Path, what: str) -> None:
-    """Refuse an output path that cannot be created, without creating anything.
+def check_can_write(folder: Path, what: str) -> None:
+    """Refuse an output folder that cannot be created or written to, without creating anything.
 
-    :param Path path: the file or folder that will be written.
-    :param str what: the option, for the message.
+    :param Path folder: the folder that will be created (if missing) and written into.
+    :param str what: the option and its value, for the message (``--out results/x.json``).
     """
-    path = Path(path)
-    probe = path
+    probe = Path(folder)
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"{what} {path}: not writable ({probe} is a file)")
+        raise ConfigError(f"{what}: not writable ({probe} is a file)")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: not writable (no write permission in {probe})")
+        raise ConfigError(f"{what}: not writable (no write permission in {probe})")
 
 
 def check_evaluate_args(args) -> None:
@@ -186,7 +186,7 @@ def check_evaluate_args(args) -> None:
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the path of the results file, "
                           f"e.g. {out / f'eval_{args.split}_K{args.particles}.json'}")
-    check_can_write(out.parent, "--out" if args.out else "run folder")
+    check_can_write(out.parent, f"--out {out}" if args.out else f"run folder {out.parent}")
 
 
 def check_sample_args(args) -> None:
@@ -198,12 +198,11 @@ def check_sample_args(args) -> None:
     _positive("--num", args.num)
     if not args.step_seconds > 0 or not math.isfinite(args.step_seconds):
         raise ConfigError(f"--step-seconds must be a positive number, got {args.step_seconds}")
-    check_sample_size(args.num, args.steps, 1)
     find_checkpoint(args.run)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: not writable (a file is in the way of the folder)")
-    check_can_write(out, "--out")
+    check_can_write(out, f"--out {out}")
 
 
 def check_sample_size(num: int, steps: int, x_dim: int) -> None:

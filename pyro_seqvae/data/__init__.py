@@ -99,6 +99,10 @@ def detect_kind(source) -> str:
     )
 
 
+def _is_jsb(source) -> bool:
+    return isinstance(source, str) and source.strip().lower() == "jsb"
+
+
 def resolve_kind(source, kind: str = "auto") -> str:
     """The reader ``source`` needs, refusing a ``kind`` that contradicts it.
 
@@ -114,7 +118,7 @@ def resolve_kind(source, kind: str = "auto") -> str:
     """
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    is_jsb = isinstance(source, str) and source.strip().lower() == "jsb"
+    is_jsb = _is_jsb(source)
     if kind == "jsb" and not is_jsb:
         raise ConfigError(f"kind 'jsb' reads the embedded chorales, but the data source is "
                           f"{str(source)!r}; drop the kind (auto-detect) or give the source 'jsb'")
@@ -124,8 +128,14 @@ def resolve_kind(source, kind: str = "auto") -> str:
                               f"data; drop kind {kind!r} or give a path")
         return "jsb"
     path = Path(source).expanduser()
-    if kind == "auto" or not path.exists():
-        return detect_kind(source)  # a missing path is a DataError naming it
+    if not path.exists():
+        if path.suffix.lower() in _PICKLE_SUFFIXES + _STROKE_SUFFIXES:
+            raise DataError(f"{source}: file not found")
+        raise DataError(
+            f"{source}: no such file or folder; expected 'jsb', a benchmark pickle "
+            f"(.pickle/.pkl), a folder of MIDI or WAV files, or a stroke file (.jsonl/.npz)")
+    if kind == "auto":
+        return detect_kind(source)
     if kind in ("midi", "wav"):
         if not path.is_dir():
             raise ConfigError(f"kind {kind!r} reads a folder of files, but {source} is a file")
@@ -168,6 +178,8 @@ def load_dataset(
     :raises DataError: if ``source`` is none of the above.
     :raises ConfigError: if ``kind`` contradicts ``source`` (see :func:`resolve_kind`).
     """
+    if limit is not None and kind in ("auto", "jsb") and not _is_jsb(source):
+        raise ConfigError(f"limit applies to 'jsb' only, not to {source!r}")
     kind = resolve_kind(source, kind)
     if kind != "jsb" and limit is not None:
         raise ConfigError(f"limit applies to 'jsb' only, not to {source!r}")
