@@ -129,9 +129,9 @@ def check_train_args(args, config) -> None:
     kind = check_data_source(config.data, args.kind, limit=args.limit,
                              data_options=config.data_options)
     continuous = kind in ("wav", "strokes")
-    if args.transpose and (continuous or emission != "bernoulli"):
+    if args.transpose and continuous:
         raise ConfigError(f"--transpose shifts the pitches of piano rolls; {config.data} is "
-                          f"{kind} data with --emission {emission}")
+                          f"{kind} data")
     if continuous and emission == "bernoulli":
         fits = "gauss or gmm" if kind == "wav" else "stroke"
         raise ConfigError(f"--emission bernoulli models binary piano rolls, but {config.data} "
