@@ -21,13 +21,14 @@ class GatedTransition(nn.Module):
     """The DMM's gated transition ``p(z_t | z_{t-1})`` (Krishnan et al. 2017, sec. 5).
 
     ``g = sigmoid(W2 relu(W1 z))``, ``h = W4 relu(W3 z)``,
-    ``loc = (1 - g) * W_loc z + g * h`` (``W_loc`` starts at the identity),
-    ``scale = softplus(W_s relu(h)) + SCALE_MIN``. Shapes ``[..., Z] -> [..., Z]``.
+    ``loc = soft_clamp((1 - g) * W_loc z + g * h, -20, 20)`` (``W_loc`` starts at the identity),
+    ``scale = softplus(W_s relu(h))`` with its log-variance softly bounded to ``[-12, 8]``
+    (:func:`~pyro_seqvae.layers.bounded_softplus_scale`). Shapes ``[..., Z] -> [..., Z]``.
 
-    The floor ``SCALE_MIN`` (about 2.5e-3, the scale at the soft log-variance bound of the other
-    models) is not in Pyro's example: without it the DMM with a Res_q guide drove a transition
-    scale to 0 in float32 within 5 updates (lr 3e-3, 16 JSB sequences) and stopped with an
-    invalid ``Normal``.
+    Both bounds are additions to Pyro's example (identities in a healthy run): without them the
+    DMM with a Res_q guide (lr 3e-3, 16 JSB sequences) ran its latent chain away (see
+    :data:`LOC_BOUND`) and a transition scale underflowed to 0 within 5 updates, which stopped
+    the run with an invalid ``Normal``.
     """
 
     def __init__(self, z_dim, transition_dim):
