@@ -15,6 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_checks import (
+    check_evaluate_args,
+    check_sample_args,
+    check_sample_size,
+    check_train_args,
+    remove_empty_folders,
+)
 from .errors import ConfigError, SeqVAEError
 from .infer.importance import DEFAULT_MAX_ROWS
 
@@ -177,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- commands --------------------------------------------------------------------------------
+#: Folders this command created; ``main`` removes those still empty when the command fails.
+_CREATED: list = []
+
+
 def _check_writable(folder: Path):
     try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
+        _CREATED.extend(missing)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
@@ -303,6 +316,7 @@ def _train(args, parallel) -> int:
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
+    check_train_args(args, config)
     if args.tensorboard:
         from .training.reporting import tensorboard_writer_class
 
@@ -310,12 +324,12 @@ def _train(args, parallel) -> int:
     with ExitStack() as stack:
         def claim():  # on rank 0 only, which alone writes; its error reaches every rank
             out = _claim_run_folder(args, config)
+            _check_writable(out)  # records the folders it makes: removed again on failure
             stack.enter_context(RunLock(out))
             if args.resume and not (out / LAST).is_file():
                 raise ConfigError(f"--resume: no {LAST} in {out}")
             if not args.resume and not args.overwrite:
                 prepare_new_run(out)  # refuses a folder that holds files; deletes nothing
-            _check_writable(out)
             return out
 
         out = parallel.run_on_main(claim)
@@ -361,7 +375,7 @@ def _train(args, parallel) -> int:
                             out=out / f"eval_test_K{args.eval_particles}.json",
                             extra={"run": str(out), "data": config.data},
                             progress=(not args.quiet) and sys.stderr.isatty())
-        _print_results(results)
+        _print_results(results, exact=not model.has_latents)
         _refresh_curves(out)
     written = [name for name in ("metrics.jsonl", "curves.png", "run.json", BEST, LAST)
                if (out / name).is_file()]
@@ -376,6 +390,7 @@ def _load_run(run, device):
     from .errors import CheckpointError
     from .training import TrainConfig, load_checkpoint, resolve_device
     from .training.checkpoint import restore_modules
+    from .training.state_check import check_state_fits
 
     device = resolve_device(device)
     payload = load_checkpoint(run, map_location=device)
@@ -394,6 +409,7 @@ def _load_run(run, device):
                                     guide_config=stored[1])
     except ConfigError as exc:
         raise ConfigError(f"{payload['path']}: {exc}") from exc
+    check_state_fits(payload, model, guide)
     restore_modules(payload, model, guide)
     model.to(device).eval()
     guide.to(device).eval()
@@ -433,17 +449,25 @@ def _refresh_curves(run_dir):
         logger.warning("could not redraw %s/curves.png (%s)", run_dir, exc)
 
 
-def _print_results(r):
-    """Print evaluation results (nats per step, higher is better)."""
+def _print_results(r, *, exact=None):
+    """Print evaluation results (nats per step, higher is better).
+
+    ``exact``: the model has no latents (default: judged from the results, no k-hat and a zero
+    standard error)."""
     khat_max, bad, n = r["khat_max"], r["khat_over_0_7"], r["num_sequences"]
+    if exact is None:
+        exact = khat_max is None and r["is_stderr_per_step"] == 0
     if khat_max is None:
-        khat = "n/a (exact likelihood, no importance weights)"
+        khat = ("n/a (exact likelihood, no importance weights)" if exact
+                else "n/a (one particle: no tail to fit; raise --particles)")
     elif math.isinf(khat_max):
         khat = "inf (too few particles to fit the tail; raise --particles)"
     else:
         khat = f"{khat_max:.2f}"
-    if khat_max is None:
+    if exact:
         stderr = "(exact)"
+    elif not math.isfinite(r["is_stderr_per_step"]):
+        stderr = "(no standard error from one particle)"
     elif bad == n:
         stderr = (f"(no standard error: k-hat > 0.7 on all {n} sequences, so the Monte-Carlo "
                   "error bar is not meaningful)")
@@ -462,8 +486,10 @@ def _print_results(r):
 
 
 def cmd_evaluate(args) -> int:
+    from .data.fingerprint import changed_splits, split_fingerprint
     from .errors import CheckpointError
 
+    check_evaluate_args(args)
     model, guide, config, payload, device = _load_run(args.run, args.device)
     source = args.data or config.data
     if args.data or args.kind or args.limit is not None:
@@ -476,6 +502,12 @@ def cmd_evaluate(args) -> int:
         raise CheckpointError(f"{payload['path']}: the model expects data of width "
                               f"{model.x_dim} but {source} has width {splits.x_dim}")
     split = getattr(splits, args.split)
+    data_record = payload.get("extra", {}).get("data", {})
+    changed = changed_splits(data_record.get("fingerprints"), splits, [args.split])
+    if args.data is None or str(args.data) == str(data_record.get("source", config.data)):
+        for line in changed:
+            print(f"pyro-seqvae evaluate: warning: {source}: {line}; the results are not "
+                  f"comparable with the run's", file=sys.stderr)
     run_dir = Path(payload["path"]).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_K{args.particles}.json"
     results = _evaluate(model, guide, split, particles=args.particles,
@@ -483,9 +515,12 @@ def cmd_evaluate(args) -> int:
                         max_rows=args.max_rows, out=out,
                         extra={"run": str(run_dir), "checkpoint": payload["path"],
                                "data": str(source), "model": config.model,
-                               "guide": config.guide, "residual": config.residual},
+                               "guide": config.guide, "residual": config.residual,
+                               "data_sha256": split_fingerprint(split),
+                               "data_matches_run": (None if not data_record.get("fingerprints")
+                                                    else not changed)},
                         progress=(not args.quiet) and sys.stderr.isatty())
-    _print_results(results)
+    _print_results(results, exact=not model.has_latents)
     if (run_dir / "metrics.jsonl").is_file() and out.parent == run_dir:
         _refresh_curves(run_dir)
     return 0
@@ -497,7 +532,9 @@ def cmd_sample(args) -> int:
 
     from .atomic import atomic_torch_save
 
+    check_sample_args(args)
     model, guide, config, payload, device = _load_run(args.run, args.device)
+    check_sample_size(args.num, args.steps, model.x_dim)
     out = Path(args.out)
     _check_writable(out)
     pyro.set_rng_seed(args.seed)
@@ -552,6 +589,8 @@ def main(argv=None) -> int:
     logger.setLevel(logging.WARNING if args.quiet or os.environ.get("RANK", "0") != "0"
                     else logging.INFO)  # under torchrun, rank 0 alone logs
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+    _CREATED.clear()
+    status = 1
     try:
         threads = args.threads
         if threads is None and not str(args.device).startswith("cuda"):
@@ -562,7 +601,8 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        return commands[args.command](args)
+        status = commands[args.command](args)
+        return status
     except SeqVAEError as exc:
         from .training.distributed import error_line
 
@@ -575,6 +615,9 @@ def main(argv=None) -> int:
               + (_resume_hint(args, sys.argv[1:] if argv is None else argv)
                  if getattr(args, "run_dir", None) is not None else ""), file=sys.stderr)
         return 130
+    finally:
+        if status != 0:  # a failed command leaves no empty folder behind (issue 13)
+            remove_empty_folders(_CREATED)
 
 
 

@@ -48,11 +48,27 @@ class Emission(nn.Module):
         """Constructor keyword arguments beyond ``x_dim`` (recorded in checkpoints)."""
         return {}
 
+    #: What :meth:`outside_support` accepts, for error messages.
+    support_text = "finite real numbers"
+
+    def outside_support(self, x: torch.Tensor) -> torch.Tensor:
+        """Which values of ``x`` ``[..., D]`` lie outside the support (default: non-finite).
+
+        One vectorised pass, cheap enough to run on every data set when it is loaded.
+
+        :returns: a bool tensor of the shape of ``x``.
+        """
+        return ~torch.isfinite(x)
+
 
 class BernoulliEmission(Emission):
     """Independent Bernoulli units with logits: the piano-roll emission (88 pitches)."""
 
     name = "bernoulli"
+    support_text = "0 or 1 (a binary piano roll)"
+
+    def outside_support(self, x):
+        return (x != 0) & (x != 1)
 
     @property
     def param_dim(self) -> int:
@@ -329,6 +345,14 @@ class StrokeEmission(Emission):
 
     def config(self):
         return {"num_components": self.num_components, "scale": self.scale}
+
+    support_text = "finite (dx, dy) and a pen bit of 0 or 1"
+
+    def outside_support(self, x):
+        bad = ~torch.isfinite(x)
+        pen = x[..., 2:3]
+        bad[..., 2:3] |= (pen != 0) & (pen != 1)
+        return bad
 
     def forward(self, params):
         M = self.num_components

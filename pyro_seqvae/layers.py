@@ -211,6 +211,21 @@ class GaussianHead(nn.Module):
         return self.loc(inputs), self.scale(inputs)
 
 
+def bounded_softplus_scale(raw: torch.Tensor) -> torch.Tensor:
+    """``sigma = softplus(raw)`` with its log-variance softly bounded like :class:`GaussianHead`'s.
+
+    ``log v = soft_clamp(2 log softplus(raw), LOGVAR_MIN, LOGVAR_MAX)``, ``sigma = exp(log v / 2)``:
+    about ``softplus(raw)`` inside ``(2.5e-3, 55)``, never 0 or inf, with a gradient everywhere.
+    ``log softplus(raw)`` is taken as ``raw`` below ``-10`` (equal to 3e-5), so a large negative
+    ``raw`` underflows neither the value nor the gradient.
+
+    :param torch.Tensor raw: ``[...]`` network outputs.
+    :returns: ``[...]`` standard deviations.
+    """
+    log_scale = torch.where(raw > -10.0, F.softplus(raw.clamp(min=-10.0)).log(), raw)
+    return (0.5 * soft_clamp(2.0 * log_scale, LOGVAR_MIN, LOGVAR_MAX)).exp()
+
+
 class RecurrentCell(nn.Module):
     """A GRU or LSTM cell that accepts any leading batch shape.
 

@@ -219,12 +219,14 @@ def test_evaluate_a_corrupt_checkpoint(tmp_path):
     assert_one_line_error(*result, "evaluate", "corrupt")
 
 
-def test_evaluate_data_of_the_wrong_width(trained, monkeypatch):
+def test_evaluate_data_of_the_wrong_width(trained, monkeypatch, tmp_path):
     narrow = Splits.from_lists({name: [torch.zeros(5, 10)] for name in ("train", "valid", "test")},
                                source="narrow")
     monkeypatch.setattr(TrainConfig, "load_data", lambda *args, **kwargs: narrow)
-    result = run_cli("evaluate", trained[0], "--data", "narrow", "--particles", 2, "--quiet")
-    assert_one_line_error(*result, "evaluate", "width 88 but narrow has width 10")
+    path = tmp_path / "narrow.pickle"  # the options are checked (the path exists) before loading
+    path.write_bytes(b"")
+    result = run_cli("evaluate", trained[0], "--data", path, "--particles", 2, "--quiet")
+    assert_one_line_error(*result, "evaluate", f"width 88 but {path} has width 10")
 
 
 def test_evaluate_into_an_unwritable_file(trained, tmp_path):

@@ -35,6 +35,7 @@ from pyro_seqvae.errors import ConfigError, DataError
 __all__ = [
     "KINDS",
     "detect_kind",
+    "resolve_kind",
     "load_dataset",
     "Split",
     "Splits",
@@ -98,6 +99,54 @@ def detect_kind(source) -> str:
     )
 
 
+def _is_jsb(source) -> bool:
+    return isinstance(source, str) and source.strip().lower() == "jsb"
+
+
+def resolve_kind(source, kind: str = "auto") -> str:
+    """The reader ``source`` needs, refusing a ``kind`` that contradicts it.
+
+    ``kind="jsb"`` with a path, ``source="jsb"`` with another reader, a folder reader
+    (``midi``, ``wav``) given a file, or a folder without a file of that kind are errors, not
+    silently ignored paths or kinds.
+
+    :param source: see :func:`load_dataset`.
+    :param str kind: one of :data:`KINDS`.
+    :returns: ``jsb``, ``pickle``, ``midi``, ``wav`` or ``strokes``.
+    :raises ConfigError: for a contradiction or an unknown kind.
+    :raises DataError: for a path that does not exist.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    is_jsb = _is_jsb(source)
+    if kind == "jsb" and not is_jsb:
+        raise ConfigError(f"kind 'jsb' reads the embedded chorales, but the data source is "
+                          f"{str(source)!r}; drop the kind (auto-detect) or give the source 'jsb'")
+    if is_jsb:
+        if kind not in ("auto", "jsb"):
+            raise ConfigError(f"the data source 'jsb' is the embedded chorale set, not {kind} "
+                              f"data; drop kind {kind!r} or give a path")
+        return "jsb"
+    path = Path(source).expanduser()
+    if not path.exists():
+        if path.suffix.lower() in _PICKLE_SUFFIXES + _STROKE_SUFFIXES:
+            raise DataError(f"{source}: file not found")
+        raise DataError(
+            f"{source}: no such file or folder; expected 'jsb', a benchmark pickle "
+            f"(.pickle/.pkl), a folder of MIDI or WAV files, or a stroke file (.jsonl/.npz)")
+    if kind == "auto":
+        return detect_kind(source)
+    if kind in ("midi", "wav"):
+        if not path.is_dir():
+            raise ConfigError(f"kind {kind!r} reads a folder of files, but {source} is a file")
+        known = _MIDI_SUFFIXES if kind == "midi" else _WAV_SUFFIXES
+        if not any(f.suffix.lower() in known for f in path.rglob("*") if f.is_file()):
+            raise ConfigError(f"kind {kind!r}: {source} holds no {'/'.join(known)} files")
+    elif kind == "pickle" and path.is_dir():
+        raise ConfigError(f"kind 'pickle' reads one file, but {source} is a folder")
+    return kind
+
+
 def load_dataset(
     source: str | os.PathLike,
     *,
@@ -127,10 +176,11 @@ def load_dataset(
     :returns: the train, valid and test splits.
     :rtype: Splits
     :raises DataError: if ``source`` is none of the above.
+    :raises ConfigError: if ``kind`` contradicts ``source`` (see :func:`resolve_kind`).
     """
-    if kind not in KINDS:
-        raise ConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    kind = detect_kind(source) if kind == "auto" else kind
+    if limit is not None and kind in ("auto", "jsb") and not _is_jsb(source):
+        raise ConfigError(f"limit applies to 'jsb' only, not to {source!r}")
+    kind = resolve_kind(source, kind)
     if kind != "jsb" and limit is not None:
         raise ConfigError(f"limit applies to 'jsb' only, not to {source!r}")
     if kind != "midi" and (steps_per_beat is not None or fs is not None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_seqvae.data.sequences import Split
+from pyro_seqvae.errors import ConfigError, DataError
 
 __all__ = ["Batch", "pad_sequences", "iterate_batches", "BatchLoader"]
 
@@ -75,13 +76,13 @@ def pad_sequences(
     :rtype: Batch
     """
     if len(seqs) == 0:
-        raise ValueError("pad_sequences: expected at least one sequence")
+        raise DataError("pad_sequences: expected at least one sequence, got none")
     first = seqs[0]
     lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
     max_len = int(lengths.max())
     if pad_to_multiple is not None:
         if pad_to_multiple < 1:
-            raise ValueError(f"pad_to_multiple must be a positive int, got {pad_to_multiple!r}")
+            raise ConfigError(f"pad_to_multiple must be a positive int, got {pad_to_multiple!r}")
         max_len = -(-max_len // pad_to_multiple) * pad_to_multiple
     x = first.new_zeros((len(seqs), max_len, *first.shape[1:]))
     for b, s in enumerate(seqs):
@@ -118,6 +119,12 @@ def _batch_indices(
     return batches
 
 
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
 def iterate_batches(
     data: Split | Sequence[torch.Tensor],
     batch_size: int,
@@ -145,8 +152,7 @@ def iterate_batches(
     :param int pad_to_multiple: see :func:`pad_sequences`.
     :returns: an iterator of :class:`Batch`, whose ``index`` refers to positions in ``data``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_batch_size(batch_size)
     seqs = data.sequences if isinstance(data, Split) else list(data)
     lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
     for idx in _batch_indices(
@@ -176,7 +182,7 @@ class BatchLoader:
         if "epoch" in kwargs:
             raise TypeError("BatchLoader: pass the epoch with set_epoch()")
         self.data = data
-        self.batch_size = batch_size
+        self.batch_size = _check_batch_size(batch_size)
         self.kwargs = kwargs
         self.epoch = 0
 

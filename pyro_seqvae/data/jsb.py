@@ -47,7 +47,7 @@ from tqdm import tqdm
 from pyro_seqvae.data.cache import cached
 from pyro_seqvae.data.pianoroll import LOWEST_PITCH, NUM_PITCHES, check_pitch
 from pyro_seqvae.data.sequences import SPLIT_NAMES, Splits
-from pyro_seqvae.errors import DataError
+from pyro_seqvae.errors import ConfigError, DataError
 
 __all__ = ["RECIPE_VERSION", "MIN_STEPS", "build_jsb", "chorale_names", "score_to_roll", "split_of"]
 
@@ -220,7 +220,8 @@ def build_jsb(*, cache_dir=None, limit: int | None = None, progress: bool = True
     :raises DataError: if a split ends up empty (every chorale of it skipped).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 3):
-        raise ValueError(f"build_jsb: limit must be an int >= 3 or None, got {limit!r}")
+        raise ConfigError(f"limit must be an integer >= 3 (at least one chorale for each of "
+                          f"train, valid and test) or None, got {limit!r}")
     key = f"jsb-v{RECIPE_VERSION}-" + ("all" if limit is None else f"limit{limit}")
 
     def build():

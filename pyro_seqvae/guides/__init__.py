@@ -1,6 +1,7 @@
 """Interchangeable guides: filtering or smoothing, each with or without the residual mean."""
 
 from ..errors import ConfigError
+from ..kwargs_check import check_keywords
 from .base import EmptyGuide, SequenceGuide
 from .filtering import FilteringGuide
 from .smoothing import SmoothingGuide
@@ -10,7 +11,7 @@ GUIDES = {"filter": FilteringGuide, "smooth": SmoothingGuide, "none": EmptyGuide
 _ALIASES = {"filtering": "filter", "smoothing": "smooth", "empty": "none"}
 
 
-def make_guide(name: str, model, **kwargs):
+def make_guide(name: str, model, /, **kwargs):
     """Build a guide of ``model`` by registry name (``filter``, ``smooth``, ``none``).
 
     :raises ConfigError: for an unknown name.
@@ -20,6 +21,8 @@ def make_guide(name: str, model, **kwargs):
     key = _ALIASES.get(key, key)
     if key not in GUIDES:
         raise ConfigError(f"unknown guide {name!r}; expected one of {sorted(GUIDES)}")
+    check_keywords(GUIDES[key], kwargs, what=f"guide {key!r} ({GUIDES[key].__name__})",
+                   skip=("model",))
     return GUIDES[key](model, **kwargs)
 
 

@@ -20,6 +20,7 @@ from ..layers import (
     register_params,
 )
 from ..models.base import LatentSequenceModel, SequenceModel, _as_beta, gaussian
+from ..models.pairing import PAIRING_KEY
 
 #: Sentinel of ``activation`` and ``clip``: take the guided model's setting.
 FROM_MODEL = "model"
@@ -119,6 +120,7 @@ class SequenceGuide(BlockHolder, PyroModule):
         if states is not None:
             states.start(model, x, mask, pre, carry)
         summary = self.summarise(x, mask, pre)
+        mark = {PAIRING_KEY: self}  # the model checks, when replayed, that it is ours
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
                 pre_t = pre[:, t]
@@ -130,7 +132,8 @@ class SequenceGuide(BlockHolder, PyroModule):
                     if states is not None:
                         states.record_prior_loc(carry, prior_loc)
                 with poutine.scale(scale=beta):
-                    z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]))
+                    z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]),
+                                      infer=mark if t == 0 else None)
                 new_carry = model.advance(carry, pre_t, z_t)
                 if states is not None and model.state_depends_on_z:
                     states.record(carry, z_t, new_carry)

@@ -28,8 +28,9 @@ class LinearKLSchedule:
     def __post_init__(self):
         if not 0.0 < self.start <= self.end:
             raise ConfigError(f"beta start must be in (0, end={self.end}], got {self.start}")
-        if self.increment < 0:
-            raise ConfigError(f"beta increment must be >= 0, got {self.increment}")
+        if not 0 <= self.increment < float("inf"):
+            raise ConfigError(f"beta increment must be a finite number >= 0, got "
+                              f"{self.increment}")
 
     def __call__(self, step: int) -> float:
         return min(self.end, self.start + self.increment * step)

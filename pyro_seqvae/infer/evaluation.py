@@ -7,6 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from ..data.batching import iterate_batches
+from ..errors import DataError
 from .importance import DEFAULT_MAX_ROWS, estimate_log_likelihood
 
 
@@ -19,6 +20,8 @@ def elbo_per_step(model, guide, batches, *, num_particles: int = 1) -> float:
     for batch in batches:
         total -= elbo.loss(model, guide, batch.x, batch.mask)
         steps += int(batch.mask.sum())
+    if steps == 0:
+        raise DataError("elbo_per_step: no real steps (no batches, or every mask is False)")
     return total / steps
 
 

@@ -21,7 +21,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,23 @@ DEFAULT_MAX_ROWS = 50_000
 
 #: Pareto k-hat above which an importance-sampled estimate is not to be trusted (Vehtari et al.).
 KHAT_THRESHOLD = 0.7
+
+
+def check_real_steps(mask, where: str) -> None:
+    """Refuse a batch with a sequence of no real step: its ``log p(x)`` would be the empty sum 0
+    and it would count as a sequence of zero steps in every per-step figure.
+
+    :param torch.Tensor mask: ``[B, T]`` bool.
+    :raises DataError: naming the batch and the first empty row.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return  # the model's own check names a malformed mask
+    empty = ~mask.any(-1)
+    if bool(empty.any()):
+        rows = empty.nonzero()[:, 0].tolist()
+        raise DataError(f"{where}: mask is all False for sequence{'s' if len(rows) > 1 else ''} "
+                        f"{rows[:5]}{' ...' if len(rows) > 5 else ''} of {mask.shape[0]}; "
+                        "every sequence needs at least one real step")
 
 
 def _in_particle_plate(fn, num_particles: int):
@@ -187,8 +204,9 @@ def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"particles must be a positive integer, got {num_particles!r}")
     cols = {k: [] for k in ("log_p", "stderr", "elbo", "elbo_stderr", "khat", "lengths")}
-    for batch in batches:
+    for number, batch in enumerate(batches):
         x, mask = (batch.x, batch.mask) if hasattr(batch, "mask") else batch
+        check_real_steps(mask, f"estimate_log_likelihood: batch {number}")
         log_w = chunked_log_weights(model, guide, x, mask, num_particles, max_rows=max_rows)
         for key, value in zip(("log_p", "stderr", "elbo", "elbo_stderr"),
                               summarise_log_weights(log_w)):
@@ -198,6 +216,9 @@ def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
         cols["lengths"].append(mask.sum(-1).cpu().numpy())
         if progress is not None:
             progress(x.shape[0])
+    if not cols["lengths"]:
+        raise DataError("estimate_log_likelihood: batches is empty; expected at least one "
+                        "batch of sequences")
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     estimate = ImportanceEstimate(arrays["log_p"], arrays["stderr"], arrays["elbo"],
                                   arrays["elbo_stderr"], arrays["khat"],

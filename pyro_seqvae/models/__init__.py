@@ -1,6 +1,7 @@
 """The model zoo: every model is a Pyro model ``model(x, mask, beta=1.0)``."""
 
 from ..errors import ConfigError
+from ..kwargs_check import check_keywords
 from .base import Carry, LatentSequenceModel, SequenceModel
 from .dmm import DMM
 from .rnn import RNN
@@ -12,11 +13,12 @@ from .vrnn import VRNN
 MODELS = {"rnn": RNN, "vrnn": VRNN, "storn": STORN, "srnn": SRNN, "dmm": DMM}
 
 
-def make_model(name: str, **kwargs) -> SequenceModel:
+def make_model(name: str, /, **kwargs) -> SequenceModel:
     """Build a model by its registry name (``rnn``, ``vrnn``, ``storn``, ``srnn``, ``dmm``)."""
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:
         raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    check_keywords(MODELS[key], kwargs, what=f"model {key!r} ({MODELS[key].__name__})")
     return MODELS[key](**kwargs)
 
 

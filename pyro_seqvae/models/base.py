@@ -10,6 +10,8 @@ and ancestral sampling are written once on top of them, and the guides in
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import NamedTuple
 
 import pyro
@@ -21,6 +23,7 @@ from pyro.nn import PyroModule
 from ..emissions import make_emission
 from ..errors import ConfigError, DataError
 from ..layers import BlockHolder, check_network_settings, check_positive_int, register_params
+from .pairing import check_guide_model, check_replayed_guide
 from .reuse import GuideStates
 
 
@@ -35,19 +38,34 @@ class Carry(NamedTuple):
     h: torch.Tensor | None = None
 
 
-def check_batch(x, mask, x_dim: int, *, where: str = "model input"):
+def check_batch(x, mask, x_dim: int, *, where: str = "model input", like=None):
     """Validate a padded batch and return ``(x, mask)``.
 
-    :param torch.Tensor x: ``[B, T, D]`` floating tensor.
+    ``x`` must have the dtype and device of the model's weights (``like``): a float64 or
+    float16 batch is refused with the fix (``x.float()``) rather than cast silently, which
+    would hide a copy per call and break the guide-to-model hand-over of
+    :mod:`~pyro_seqvae.models.reuse` (it matches inputs by identity).
+
+    :param torch.Tensor x: ``[B, T, D]`` floating tensor, ``B, T >= 1``.
     :param torch.Tensor mask: ``[B, T]`` bool tensor (True on real steps).
+    :param torch.Tensor like: a weight of the model, whose dtype and device ``x`` must have.
     :raises DataError: naming the argument, the expected and the received shape or dtype.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise DataError(f"{where}: x must be a float tensor [B, T, D], got {shape}")
+        detail = f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""
+        raise DataError(f"{where}: x must be a float tensor [B, T, D], got {shape}{detail}")
+    if like is not None and x.dtype != like.dtype:
+        raise DataError(f"{where}: x has dtype {x.dtype} but the model's weights are "
+                        f"{like.dtype}; pass x.to({like.dtype}) (e.g. x.float())")
+    if like is not None and x.device != like.device:
+        raise DataError(f"{where}: x is on {x.device} but the model is on {like.device}; "
+                        f"move one of them (x.to(device) or model.to(device))")
     if x.shape[-1] != x_dim:
         raise DataError(f"{where}: x has width D={x.shape[-1]} but the model expects "
                         f"x_dim={x_dim}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: x has no sequences (B = 0); expected B >= 1")
     if x.shape[1] == 0:
         raise DataError(f"{where}: x has no time steps")
     if not isinstance(mask, torch.Tensor) or mask.shape != x.shape[:2]:
@@ -61,7 +79,16 @@ def check_batch(x, mask, x_dim: int, *, where: str = "model input"):
 def _as_beta(beta, like: torch.Tensor):
     # A tensor beta keeps JitTrace_ELBO's compiled graph valid across annealing steps.
     if isinstance(beta, torch.Tensor):
+        if beta.numel() != 1:
+            raise ConfigError(f"beta must be a number or a 0-dim tensor, got shape "
+                              f"{tuple(beta.shape)}")
+        if not torch.jit.is_tracing() and not 0 < float(beta) < math.inf:
+            raise ConfigError(f"beta (the KL weight) must be a finite number > 0, got "
+                              f"{float(beta)}")
         return beta.to(device=like.device, dtype=like.dtype)
+    # > 0: poutine.scale refuses 0 (and a KL weight of 0 leaves q unconstrained)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < math.inf:
+        raise ConfigError(f"beta (the KL weight) must be a finite number > 0, got {beta!r}")
     return float(beta)
 
 
@@ -91,7 +118,8 @@ class SequenceModel(BlockHolder, PyroModule):
         self.emission = make_emission(emission, x_dim, **(emission_kwargs or {}))
 
     def check_batch(self, x, mask):
-        return check_batch(x, mask, self.x_dim, where=f"{type(self).__name__} input")
+        return check_batch(x, mask, self.x_dim, where=f"{type(self).__name__} input",
+                           like=next(self.parameters(), None))
 
     def _network_settings(self, rnn_dim, hidden_dim, rnn_type, hidden_layers, activation, clip):
         """Validate and store the recurrent and feed-forward settings shared by the models.
@@ -233,6 +261,7 @@ class LatentSequenceModel(SequenceModel):
         :param beta: KL weight; a float or a 0-dim tensor (use a tensor under JIT).
         """
         x, mask = self.check_batch(x, mask)
+        check_replayed_guide(self)
         register_params(self)
         beta = _as_beta(beta, x)
         B, T, _ = x.shape
@@ -279,6 +308,7 @@ class LatentSequenceModel(SequenceModel):
         x, P = self._prepare_prefix(num_sequences, num_steps, prefix)
         guide_z = {}
         if P and guide is not None:
+            check_guide_model(guide, self)
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             tr = poutine.trace(guide).get_trace(x[:, :P], mask[:, :P])
             guide_z = {t: tr.nodes[f"z_{t + 1}"]["value"] for t in range(P)}

@@ -15,7 +15,7 @@ from ..layers import (
     register_params,
     shift_right,
 )
-from .base import SequenceModel
+from .base import SequenceModel, _as_beta
 
 
 class RNN(SequenceModel):
@@ -51,6 +51,7 @@ class RNN(SequenceModel):
     def forward(self, x, mask, beta=1.0):
         """The Pyro model: one observed site ``x`` (batch ``[B]``, event ``[T, D]``), masked."""
         x, mask = self.check_batch(x, mask)
+        _as_beta(beta, x)  # no latents to weight, but a negative or NaN beta is still refused
         register_params(self)
         with pyro.plate("sequences", x.shape[0], dim=-1):
             pyro.sample("x", self.predictive(x).mask(mask).to_event(1), obs=x)

@@ -24,7 +24,7 @@ def _call(factory, what: str, *args, **kwargs):
     # a stored config from another library version may name arguments that no longer exist
     try:
         return factory(*args, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:  # ConfigError: an argument this version lacks
         raise ConfigError(f"{what} does not fit this library version ({exc})") from exc
 
 
@@ -162,12 +162,15 @@ class TrainConfig:
     def load_data(self, *, cache_dir=None, progress=True, normalisation=None):
         """Load this run's data (with a checkpoint's ``normalisation`` where it has one)."""
         from ..data import load_dataset
+        from ..data.support import check_emission_support
 
         options = dict(self.data_options)
         if normalisation is not None:
             options["normalisation"] = normalisation
-        return load_dataset(self.data, kind=self.data_kind, limit=self.limit,
-                            cache_dir=cache_dir, progress=progress, **options)
+        splits = load_dataset(self.data, kind=self.data_kind, limit=self.limit,
+                              cache_dir=cache_dir, progress=progress, **options)
+        check_emission_support(splits, self.emission, self.emission_kwargs)
+        return splits
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,6 +19,8 @@ from pyro.optim import ClippedAdam
 
 from ..data.augment import transpose_rolls
 from ..data.batching import iterate_batches
+from ..data.fingerprint import data_fingerprints
+from ..data.support import check_support
 from ..errors import (
     CheckpointError,
     ConfigError,
@@ -380,8 +382,10 @@ class Trainer:
                               "own weights")
         self._updates_this_fit = 0
         updates_per_epoch = -(-len(splits.train) // config.batch_size)
+        check_support(splits, self.model.emission, option="emission")
         self.data_info = {"data": {"source": splits.source, "x_dim": splits.x_dim,
-                                   "normalisation": splits.info.get("normalisation")}}
+                                   "normalisation": splits.info.get("normalisation"),
+                                   "fingerprints": data_fingerprints(splits)}}
         payload = changes = init = run = None
         if resume is not None:
             payload, changes = self._check_resume(resume)
@@ -445,6 +449,7 @@ class Trainer:
                             "sizes": {s.name: len(s) for s in splits},
                             "steps": {s.name: s.num_steps for s in splits}},
                    "data_info": {k: v for k, v in splits.info.items() if k != "names"},
+                   "data_fingerprints": self.data_info["data"]["fingerprints"],
                    "model_config": self.model.config(), "guide_config": self.guide.config(),
                    "kl_schedule": {"beta_start": self.schedule.start,
                                    "beta_increment": self.schedule.increment},
