@@ -126,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "caught either way)")
     t.add_argument("--elbo", choices=list(ELBOS), default="trace",
                    help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
-                        "(analytic KL), iwae (RenyiELBO alpha=0) (default: trace)")
+                        "(analytic KL), iwae (RenyiELBO alpha=0), fivo (the SMC bound), nasmc "
+                        "(neural adaptive SMC) (default: trace)")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
-                   help="samples per update (the K of --elbo iwae) (default: 1)")
+                   help="samples per update (the K of --elbo iwae, fivo, nasmc) (default: 1)")
     t.add_argument("--patience", type=int, default=None,
                    help="stop after this many epochs without a better validation ELBO")
     t.add_argument("--transpose", type=int, default=0,
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split to evaluate (default: test)")
     e.add_argument("--particles", type=int, default=500,
                    help="importance samples per sequence (default: 500)")
+    e.add_argument("--estimator", choices=["is", "smc"], default="is",
+                   help="is: importance sampling; smc: importance sampling and sequential Monte "
+                        "Carlo side by side in the same JSON (default: is)")
+    e.add_argument("--smc-repeats", type=int, default=1,
+                   help="independent SMC runs, for a standard error (default: 1)")
+    e.add_argument("--resampling", choices=["systematic", "multinomial"], default="systematic",
+                   help="SMC resampling scheme (default: systematic)")
     e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
     e.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
                    help="memory bound: particle-steps per vectorised draw "
@@ -417,7 +425,7 @@ def _load_run(run, device):
 
 
 def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_rows, out, extra,
-              progress=False):
+              progress=False, estimator="is", smc_repeats=1, resampling="systematic"):
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -425,13 +433,16 @@ def _evaluate(model, guide, split, *, particles, batch_size, seed, device, max_r
     from .training.runlog import environment, write_json
 
     start = time.perf_counter()
+    runs = 1 + (smc_repeats if estimator == "smc" else 0)
     # warnings logged while the bar is open (k-hat) go above it, on lines of their own
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
-    with redirect, tqdm(total=len(split), disable=not progress, leave=False, unit="seq",
-                        desc=f"importance sampling, K={particles}") as bar:
+    with redirect, tqdm(total=runs * len(split), disable=not progress, leave=False, unit="seq",
+                        desc=f"{'IS + SMC' if runs > 1 else 'importance sampling'}, "
+                             f"K={particles}") as bar:
         results = evaluate_split(model, guide, split, particles=particles,
                                  batch_size=batch_size, seed=seed, device=device,
-                                 max_rows=max_rows, progress=bar.update)
+                                 max_rows=max_rows, progress=bar.update, estimator=estimator,
+                                 smc_repeats=smc_repeats, resampling=resampling)
     results = {**results, **extra, "seconds": time.perf_counter() - start,
                "environment": environment(device)}
     _check_writable(Path(out).parent)
@@ -482,7 +493,12 @@ def _print_results(r, *, exact=None):
           f"  ELBO per step          {r['elbo_per_step']:.4f}\n"
           f"  IS log-lik per step    {r['is_log_likelihood_per_step']:.4f} {stderr}\n"
           f"  Pareto k-hat max {khat}; sequences with k-hat > 0.7: {bad} of {n}\n"
-          f"  written to {r['path']}")
+          + (f"  SMC log-lik per step   {r['smc_log_likelihood_per_step']:.4f}"
+             + (f" (+- {r['smc_stderr_per_step']:.4f} over {len(r['smc_runs_per_step'])} runs)"
+                if r.get("smc_stderr_per_step") is not None else "")
+             + f"; {r['smc_resamplings_per_step']:.3f} resamplings per step\n"
+             if "smc_log_likelihood_per_step" in r else "")
+          + f"  written to {r['path']}")
 
 
 def cmd_evaluate(args) -> int:
@@ -509,10 +525,13 @@ def cmd_evaluate(args) -> int:
             print(f"pyro-seqvae evaluate: warning: {source}: {line}; the results are not "
                   f"comparable with the run's", file=sys.stderr)
     run_dir = Path(payload["path"]).parent
-    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_K{args.particles}.json"
+    suffix = "_smc" if args.estimator == "smc" else ""
+    out = (Path(args.out) if args.out
+           else run_dir / f"eval_{args.split}_K{args.particles}{suffix}.json")
     results = _evaluate(model, guide, split, particles=args.particles,
                         batch_size=args.batch_size, seed=args.seed, device=device,
-                        max_rows=args.max_rows, out=out,
+                        max_rows=args.max_rows, out=out, estimator=args.estimator,
+                        smc_repeats=args.smc_repeats, resampling=args.resampling,
                         extra={"run": str(run_dir), "checkpoint": payload["path"],
                                "data": str(source), "model": config.model,
                                "guide": config.guide, "residual": config.residual,

@@ -6,6 +6,8 @@ idiom): the model's parameters keep their own names and are trained through both
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pyro
 from pyro import poutine
 from pyro.nn import PyroModule
@@ -24,6 +26,13 @@ from ..models.pairing import PAIRING_KEY
 
 #: Sentinel of ``activation`` and ``clip``: take the guided model's setting.
 FROM_MODEL = "model"
+
+
+class Proposal(NamedTuple):
+    """The guide's ``q(z_t | .)`` at one step, and the model's prior mean when Res_q used it."""
+
+    dist: object
+    prior_loc: object = None
 
 
 class SequenceGuide(BlockHolder, PyroModule):
@@ -107,6 +116,32 @@ class SequenceGuide(BlockHolder, PyroModule):
         """Per-step summaries ``a_t``: ``[B, T, A]``."""
         raise NotImplementedError
 
+    def proposal(self, carry, summary_t, pre_t) -> Proposal:
+        """Form ``q(z_t | .)`` at step ``t``: the one formula of :meth:`forward` and of SMC.
+
+        ``mu_q = NN1_q(a_t, context)``, ``log v_q = NN2_q(a_t, context)`` (SRNN eq. 12); with
+        Res_q the mean adds the model's ``NN1_p`` on this carry (SRNN Algorithm 1).
+
+        :param carry: the model's :class:`~pyro_seqvae.models.base.Carry` (``[..., B, .]``).
+        :param torch.Tensor summary_t: ``a_t``, ``[B, A]``.
+        :param torch.Tensor pre_t: the model's ``pre_t``, ``[B, F]``.
+        :returns: ``(q_t, prior_loc)``: ``q_t`` with batch shape ``[..., B]``; ``prior_loc`` the
+            model's prior mean on this carry when Res_q computed it (else None), so that a caller
+            scoring ``p(z_t | .)`` need not compute it again.
+        :rtype: Proposal
+        """
+        model = self.model
+        loc, scale = self.head(broadcast_cat([summary_t, model.context(carry, pre_t)]))
+        prior_loc = None
+        if self.residual:
+            prior_loc = model.prior_loc(carry, pre_t)
+            loc = loc + prior_loc
+        return Proposal(gaussian(loc, scale), prior_loc)
+
+    def step_dist(self, carry, summary_t, pre_t):
+        """``q(z_t | .)`` at step ``t`` (:meth:`proposal` without the prior mean)."""
+        return self.proposal(carry, summary_t, pre_t).dist
+
     def forward(self, x, mask, beta=1.0):
         """Sample ``z_1 .. z_T`` (the model's sites) given ``x`` ``[B, T, D]`` and ``mask``."""
         model = self.model
@@ -124,15 +159,11 @@ class SequenceGuide(BlockHolder, PyroModule):
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
                 pre_t = pre[:, t]
-                inputs = broadcast_cat([summary[:, t], model.context(carry, pre_t)])
-                loc, scale = self.head(inputs)
-                if self.residual:
-                    prior_loc = model.prior_loc(carry, pre_t)
-                    loc = loc + prior_loc
-                    if states is not None:
-                        states.record_prior_loc(carry, prior_loc)
+                q_t, prior_loc = self.proposal(carry, summary[:, t], pre_t)
+                if prior_loc is not None and states is not None:
+                    states.record_prior_loc(carry, prior_loc)
                 with poutine.scale(scale=beta):
-                    z_t = pyro.sample(f"z_{t + 1}", gaussian(loc, scale).mask(mask[:, t]),
+                    z_t = pyro.sample(f"z_{t + 1}", q_t.mask(mask[:, t]),
                                       infer=mark if t == 0 else None)
                 new_carry = model.advance(carry, pre_t, z_t)
                 if states is not None and model.state_depends_on_z:

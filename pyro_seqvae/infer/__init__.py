@@ -1,4 +1,4 @@
-"""Objectives, KL annealing and importance-sampled evaluation."""
+"""Objectives, KL annealing, importance-sampled and SMC evaluation."""
 
 from .annealing import LinearKLSchedule
 from .elbo import ELBOS, JitELBOByLength, make_elbo
@@ -11,7 +11,10 @@ from .importance import (
     log_importance_weights,
     pareto_khat,
 )
+from .smc import SMCEstimate, SMCResult, estimate_smc_log_likelihood, run_smc
+from .smc_objectives import FIVO, NASMC
 
-__all__ = ["ELBOS", "ImportanceEstimate", "JitELBOByLength", "KHAT_THRESHOLD",
-           "LinearKLSchedule", "chunked_log_weights", "elbo_per_step", "estimate_log_likelihood",
-           "evaluate_split", "log_importance_weights", "make_elbo", "pareto_khat"]
+__all__ = ["ELBOS", "FIVO", "ImportanceEstimate", "JitELBOByLength", "KHAT_THRESHOLD",
+           "LinearKLSchedule", "NASMC", "SMCEstimate", "SMCResult", "chunked_log_weights",
+           "elbo_per_step", "estimate_log_likelihood", "estimate_smc_log_likelihood",
+           "evaluate_split", "log_importance_weights", "make_elbo", "pareto_khat", "run_smc"]

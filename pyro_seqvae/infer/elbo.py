@@ -9,9 +9,11 @@ import torch
 from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..errors import ConfigError
+from .smc_objectives import FIVO, NASMC
 
 #: Objective names accepted by :func:`make_elbo` and the CLI's ``--elbo``.
-ELBOS = ("trace", "jit", "meanfield", "iwae")
+#: ``fivo`` and ``nasmc`` are SMC objectives (:mod:`pyro_seqvae.infer.smc_objectives`).
+ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc")
 
 
 @contextlib.contextmanager
@@ -76,7 +78,10 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1):
     - ``trace``: ``Trace_ELBO``, the reparameterised single- or multi-sample ELBO;
     - ``jit``: ``JitTrace_ELBO``, one compiled trace per padded length (:class:`JitELBOByLength`);
     - ``meanfield``: ``TraceMeanField_ELBO``, analytic ``KL(q(z_t|.) || p(z_t|.))`` per step;
-    - ``iwae``: ``RenyiELBO(alpha=0)``, the importance-weighted bound with ``num_particles``.
+    - ``iwae``: ``RenyiELBO(alpha=0)``, the importance-weighted bound with ``num_particles``;
+    - ``fivo``: the SMC bound ``log Z-hat`` with ``num_particles`` particles (:class:`FIVO`);
+    - ``nasmc``: neural adaptive SMC: proposal by the inclusive KL, model by ``log Z-hat``
+      (:class:`NASMC`). Both temper the latent part of the weights by ``beta`` (KL annealing).
 
     Particles are vectorised in a plate at ``dim=-2`` (the models use one plate at ``dim=-1``).
 
@@ -96,6 +101,10 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1):
         return TraceMeanField_ELBO(**common)
     if kind == "iwae":
         return RenyiELBO(alpha=0.0, **common)
+    if kind == "fivo":
+        return FIVO(num_particles)
+    if kind == "nasmc":
+        return NASMC(num_particles)
     raise ConfigError(f"unknown elbo {kind!r}; expected one of {list(ELBOS)}")
 
 

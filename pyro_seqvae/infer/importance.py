@@ -190,17 +190,30 @@ def summarise_log_weights(log_w: torch.Tensor):
 
 
 def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
-                            max_rows: int = DEFAULT_MAX_ROWS, progress=None) -> ImportanceEstimate:
-    """Importance-sample ``log p(x)`` for every sequence of ``batches``.
+                            max_rows: int = DEFAULT_MAX_ROWS, progress=None, method: str = "is",
+                            resampling: str = "systematic"):
+    """Estimate ``log p(x)`` for every sequence of ``batches``: importance sampling or SMC.
 
     :param model: the model (evaluated at ``beta = 1``).
     :param guide: the proposal.
     :param batches: an iterable of :class:`~pyro_seqvae.data.batching.Batch` (or ``(x, mask)``).
     :param int num_particles: ``K`` particles per sequence.
-    :param int max_rows: memory bound: particle-steps per vectorised draw.
+    :param int max_rows: memory bound: particle-steps per vectorised draw (IS) or particle
+        rows per run (SMC).
     :param progress: an optional callable ``progress(num_sequences_done)``.
-    :rtype: ImportanceEstimate
+    :param str method: ``is`` (importance sampling, with PSIS k-hat) or ``smc`` (sequential
+        Monte Carlo, :func:`~pyro_seqvae.infer.smc.estimate_smc_log_likelihood`).
+    :param str resampling: SMC's scheme (``systematic`` or ``multinomial``).
+    :rtype: ImportanceEstimate or ~pyro_seqvae.infer.smc.SMCEstimate
     """
+    if method == "smc":
+        from .smc import estimate_smc_log_likelihood
+
+        return estimate_smc_log_likelihood(model, guide, batches, num_particles=num_particles,
+                                           resampling=resampling, max_rows=max_rows,
+                                           progress=progress)
+    if method != "is":
+        raise ConfigError(f"method must be 'is' or 'smc', got {method!r}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"particles must be a positive integer, got {num_particles!r}")
     cols = {k: [] for k in ("log_p", "stderr", "elbo", "elbo_stderr", "khat", "lengths")}

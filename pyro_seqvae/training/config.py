@@ -52,11 +52,12 @@ class TrainConfig:
     :param float beta_increment: added to the KL weight per update (SRNN paper: 1e-4 or 3e-4).
         ``None`` (the default): the paper's 3e-4, raised where needed so that beta reaches 1
         by the middle of the run (a short run would otherwise never see beta = 1).
-    :param str elbo: ``trace``, ``jit``, ``meanfield`` or ``iwae``.
+    :param str elbo: ``trace``, ``jit``, ``meanfield``, ``iwae``, ``fivo`` or ``nasmc`` (SMC
+        objectives: ``beta`` tempers the latent part of their weights).
     :param str validate: Pyro's distribution and trace checks during training: ``first`` (on
         the first update of each :meth:`Trainer.fit`, which catches a badly shaped model at
         once; then off, for speed), ``always`` or ``never``. A NaN loss is caught either way.
-    :param int num_particles: samples per update (``iwae``: the K of the bound).
+    :param int num_particles: samples per update (``iwae``, ``fivo``, ``nasmc``: the K).
     :param int seed: seeds torch, Pyro, NumPy and the data order.
     :param str device: ``cpu``, ``cuda``, ``cuda:1`` ...
     :param int patience: stop after this many epochs without a better validation ELBO.
