@@ -113,10 +113,10 @@ class Trainer:
         :mod:`pyro_seqvae.training.reporting`).
     :param bool tensorboard: also log scalars to ``<out_dir>/tensorboard/`` (needs the
         ``tensorboard`` extra). ``<out_dir>/curves.png`` is refreshed after every epoch.
-
-    Every figure it shows or writes is per step in nats, signed as an ELBO: higher is better.
     :param parallel: the data-parallel context (:mod:`~pyro_seqvae.training.distributed`;
         default: one process). Under a group only rank 0 writes files and shows progress.
+
+    Every figure it shows or writes is per step in nats, signed as an ELBO: higher is better.
 
     Example::
 
