@@ -43,7 +43,7 @@ def nade_logits(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, W: torch.Tens
       On chorales (``S <= 7``) this is about ten times faster than the dense pass.
     - *dense*: an exclusive cumulative sum of ``x_j W[:, j]`` over the ordered keys gives all
       ``D`` hidden vectors, ``O(D H)`` per frame (used when more than a quarter of the keys
-      are on).
+      are on, and under ``torch.jit.trace``, whose graph must not depend on the data).
 
     :param torch.Tensor x: ``[..., D]`` binary values, keys in NADE order.
     :param torch.Tensor b: ``[..., D]`` visible biases.
@@ -54,6 +54,10 @@ def nade_logits(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, W: torch.Tens
     :rtype: torch.Tensor
     """
     D = x.shape[-1]
+    # Under torch.jit.trace (JitTrace_ELBO) the number of segments would be frozen into the
+    # compiled graph from the first batch: the dense pass has shapes that do not depend on x.
+    if torch.jit.is_tracing():
+        return _dense_logits(x, b, c, W, V)
     segments = _segments(x)
     if _is_dense(segments, D):
         return _dense_logits(x, b, c, W, V)
@@ -79,7 +83,10 @@ def _is_dense(segments: int, D: int) -> bool:
 
 def _row_elements(x, H: int) -> int:
     """Elements of the largest intermediate per frame of :func:`nade_logits`."""
-    D, S = x.shape[-1], _segments(x)
+    D = x.shape[-1]
+    if torch.jit.is_tracing():
+        return D * H
+    S = _segments(x)
     return D * H if _is_dense(S, D) else S * max(D, H)
 
 
