@@ -52,17 +52,29 @@ CONFIGS = {
     "srnn-smooth-resq": (dict(model="srnn", guide="smooth", residual=True),
                          "SRNN smooth + Res_q"),
     "dmm": (dict(model="dmm", guide="smooth"), "DMM"),
+    "rnn-nade": (dict(model="rnn", guide="none", emission="nade"), "RNN-NADE"),
+    "rnn-nade-high-to-low": (dict(model="rnn", guide="none", emission="nade",
+                                  emission_kwargs={"order": "high_to_low"}),
+                             "RNN-NADE, keys high to low"),
+    "rnn-nade-random": (dict(model="rnn", guide="none", emission="nade",
+                             emission_kwargs={"order": "random"}),
+                        "RNN-NADE, keys in a random order"),
+    "srnn-smooth-resq-nade": (dict(model="srnn", guide="smooth", residual=True,
+                                   emission="nade"), "SRNN smooth + Res_q, NADE emission"),
+    "vrnn-nade": (dict(model="vrnn", guide="filter", emission="nade"),
+                  "VRNN, NADE emission"),
 }
 
 #: Published test log-likelihood per step (nats), SRNN paper Table 2, as quoted in DESIGN.md.
 PUBLISHED = {
-    "jsb": {"srnn-smooth-resq": ">= -4.74", "storn": "~ -6.91", "rnn": "~ -8.71"},
+    "jsb": {"srnn-smooth-resq": ">= -4.74", "storn": "~ -6.91", "rnn": "~ -8.71",
+            "rnn-nade": "~ -5.19"},
     "nottingham": {"srnn-smooth-resq": ">= -2.94", "storn": "~ -2.85", "rnn": "~ -4.46"},
     "musedata": {"srnn-smooth-resq": ">= -6.28", "storn": "~ -6.16", "rnn": "~ -8.13"},
     "piano-midi": {"srnn-smooth-resq": ">= -8.20", "storn": "~ -7.13", "rnn": "~ -8.37"},
 }
 PUBLISHED_NOTE = ("published: SRNN paper Table 2 via DESIGN.md (SRNN: ELBO, a lower bound; "
-                  "others: reported log-likelihood); RNN-NADE (not trained here): "
+                  "others: reported log-likelihood); RNN-NADE (Boulanger-Lewandowski 2012): "
                   "JSB ~ -5.19, Nottingham ~ -2.31, MuseData ~ -5.60, Piano-midi ~ -7.05")
 
 

@@ -14,7 +14,13 @@ training split, this script times in one process, alternating variants within ev
 - ``eager_noval``: the same with validation off, which is what the ``Trainer`` does by default
   after the first update of a run (``validate="first"``);
 - ``jit``: ``make_elbo("jit")`` with batches padded to multiples of ``--jit-pad`` (the
-  ``TrainConfig`` default under JIT, 8) and a tensor ``beta``.
+  ``TrainConfig`` default under JIT, 8) and a tensor ``beta``;
+- ``nade``: ``eager_noval`` for the same model and guide with the NADE emission
+  (``emission="nade"``, hidden width ``--nade-hidden``): the cost of modelling the keys of a
+  frame jointly, read as the ratio ``nade / eager_noval`` (``ratio_nade_to_bernoulli``).
+
+``--models rnn`` times the RNN baseline (the NADE variant of it is RNN-NADE); it has no
+plain-PyTorch twin, so only the library variants run for it.
 
 Each variant is warmed up once on the timed batches (JIT: compiles, timed separately); each
 repetition times the same batches for every variant in a rotated order; medians are reported and
@@ -57,14 +63,16 @@ from plain_torch import PlainSRNN, PlainVRNN  # noqa: E402
 
 from pyro_seqvae.data import load_dataset  # noqa: E402
 from pyro_seqvae.data.batching import iterate_batches  # noqa: E402
-from pyro_seqvae.guides import FilteringGuide, SmoothingGuide  # noqa: E402
+from pyro_seqvae.guides import EmptyGuide, FilteringGuide, SmoothingGuide  # noqa: E402
 from pyro_seqvae.infer.elbo import make_elbo  # noqa: E402
 from pyro_seqvae.infer.evaluation import evaluate_split  # noqa: E402
-from pyro_seqvae.models import SRNN, VRNN  # noqa: E402
+from pyro_seqvae.models import RNN, SRNN, VRNN  # noqa: E402
 from pyro_seqvae.training.config import JIT_PAD_MULTIPLE  # noqa: E402
 from pyro_seqvae.training.runlog import environment  # noqa: E402
 
-VARIANTS = ("plain", "plain2", "eager", "eager_noval", "jit")
+VARIANTS = ("plain", "plain2", "eager", "eager_noval", "jit", "nade")
+#: Variants that need the plain-PyTorch twin of a model.
+PLAIN_VARIANTS = ("plain", "plain2")
 
 
 def sync(device):
@@ -77,20 +85,32 @@ def maxrss_mb() -> float:
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024  # Linux: KiB
 
 
-def build(name, args, device):
+def build(name, args, device, emission="bernoulli", suffix=""):
+    """``(model, guide, plain twin or None, description)``; ``suffix`` names a second copy's
+    Pyro roots so that two live copies do not share parameters."""
     sizes = dict(z_dim=args.z_dim, rnn_dim=args.rnn_dim, hidden_dim=args.hidden_dim)
+    kw = dict(emission=emission, emission_kwargs={"hidden_dim": args.nade_hidden}
+              if emission == "nade" else None)
     if name == "vrnn":
-        model = VRNN(88, **sizes)
-        guide = FilteringGuide(model, hidden_dim=args.hidden_dim, summary_dim=args.rnn_dim)
+        model = VRNN(88, **sizes, **kw, name="VRNN" + suffix)
+        guide = FilteringGuide(model, hidden_dim=args.hidden_dim, summary_dim=args.rnn_dim,
+                               name="FilteringGuide" + suffix)
         plain = PlainVRNN(88, **sizes)
         desc = "VRNN + FilteringGuide (the VRNN encoder)"
-    else:
-        model = SRNN(88, **sizes)
+    elif name == "srnn":
+        model = SRNN(88, **sizes, **kw, name="SRNN" + suffix)
         guide = SmoothingGuide(model, residual=True, hidden_dim=args.hidden_dim,
-                               summary_dim=args.rnn_dim)
+                               summary_dim=args.rnn_dim, name="SmoothingGuide" + suffix)
         plain = PlainSRNN(88, **sizes)
         desc = "SRNN + SmoothingGuide(residual=True) (smooth + Res_q)"
-    return model.to(device), guide.to(device), plain.to(device), desc
+    else:
+        model = RNN(88, rnn_dim=args.rnn_dim, hidden_dim=args.hidden_dim, **kw,
+                    name="RNN" + suffix)
+        guide = EmptyGuide(model, name="EmptyGuide" + suffix)
+        plain = None
+        desc = "RNN (exact likelihood; with the NADE emission: RNN-NADE)"
+    return (model.to(device), guide.to(device), plain.to(device) if plain is not None else None,
+            desc)
 
 
 def epoch_batches(split, args, device, pad):
@@ -103,7 +123,7 @@ def bench_model(name, splits, args, device) -> dict:
     pyro.set_rng_seed(args.seed)
     model, guide, plain, desc = build(name, args, device)
     n_lib = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in guide.parameters())
-    n_plain = sum(p.numel() for p in plain.parameters())
+    n_plain = sum(p.numel() for p in plain.parameters()) if plain is not None else 0
     eager_epoch = epoch_batches(splits.train, args, device, None)
     jit_epoch = epoch_batches(splits.train, args, device, args.jit_pad)
     nb = max(1, math.ceil(args.epochs_fraction * len(eager_epoch)))
@@ -114,10 +134,16 @@ def bench_model(name, splits, args, device) -> dict:
     beta_f = 0.5
     beta_t = torch.tensor(beta_f, device=device)
 
-    adam = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    adam = torch.optim.Adam(plain.parameters(), lr=1e-3) if plain is not None else None
     svi_eager = SVI(model, guide, ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}),
                     make_elbo("trace"))
-    variants = [v for v in args.variants if not (v == "jit" and args.skip_jit)]
+    variants = [v for v in args.variants if not (v == "jit" and args.skip_jit)
+                and not (v in PLAIN_VARIANTS and plain is None)]
+    svi_nade = None
+    if "nade" in variants:
+        nade_model, nade_guide, _, _ = build(name, args, device, emission="nade", suffix="_nade")
+        svi_nade = SVI(nade_model, nade_guide, ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}),
+                       make_elbo("trace"))
     svi_jit = SVI(model, guide, ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}),
                   make_elbo("jit")) if "jit" in variants else None
 
@@ -132,6 +158,10 @@ def bench_model(name, splits, args, device) -> dict:
             pyro.enable_validation(variant == "eager")
             for b in timed["eager"]:
                 svi_eager.step(b.x, b.mask, beta_f)
+        elif variant == "nade":
+            pyro.enable_validation(False)
+            for b in timed["eager"]:
+                svi_nade.step(b.x, b.mask, beta_f)
         else:
             pyro.enable_validation(False)
             for b in timed["jit"]:
@@ -170,6 +200,11 @@ def bench_model(name, splits, args, device) -> dict:
     per_epoch = out["seconds_per_epoch_extrapolated"]
     out["ratio_to_plain_per_epoch"] = {v: per_epoch[v] / per_epoch["plain"]
                                        for v in variants} if "plain" in med else {}
+    if "nade" in med and "eager_noval" in med:
+        out["ratio_nade_to_bernoulli"] = med["nade"] / med["eager_noval"]
+        out["nade_hidden"] = args.nade_hidden
+        print(f"  NADE emission / Bernoulli emission (eager, Trainer default): "
+              f"{out['ratio_nade_to_bernoulli']:.2f}x", flush=True)
 
     if args.profile:
         out["profile_top"] = profile_eager(svi_eager, timed["eager"], args)
@@ -228,14 +263,19 @@ def profile_eager(svi, batches, args, top=25):
 
 def table(result) -> str:
     lines = ["| model | plain s/epoch | plain x2-pass | eager, checks every update | "
-             "eager, Trainer default | JIT | "
-             "IS K test (s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "eager, Trainer default | JIT | NADE emission, Trainer default (x Bernoulli) | "
+             "IS K test (s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         e = r["seconds_per_epoch_extrapolated"]
-        ratio = {v: e[v] / e["plain"] for v in e}  # per epoch (JIT: its own padded lengths)
+        # per epoch (JIT: its own padded lengths); without a plain twin, against eager_noval
+        base = "plain" if "plain" in e else "eager_noval"
+        ratio = {v: e[v] / e[base] for v in e}
 
         def cell(v, e=e, ratio=ratio):
             return f"{e[v]:.1f} ({ratio[v]:.2f}x)" if v in e else "—"
+
+        nade = (f"{e['nade']:.1f} ({r['ratio_nade_to_bernoulli']:.2f}x)"
+                if "ratio_nade_to_bernoulli" in r else "—")
 
         is_ = r.get("importance_sampling")
         is_cell = (f"{is_['seconds_extrapolated_to_full_test']:.0f} (K={is_['particles']}"
@@ -244,15 +284,20 @@ def table(result) -> str:
         peak = max(m["process_maxrss_mb"] for m in r["memory"].values())
         if is_:
             peak = max(peak, is_["memory"]["process_maxrss_mb"])
-        lines.append(f"| {name} | {e['plain']:.1f} | {cell('plain2')} | {cell('eager')} | "
-                     f"{cell('eager_noval')} | {cell('jit')} | {is_cell} | {peak:.0f} |")
+        plain = f"{e['plain']:.1f}" if "plain" in e else "—"
+        lines.append(f"| {name} | {plain} | {cell('plain2')} | {cell('eager')} | "
+                     f"{cell('eager_noval')} | {cell('jit')} | {nade} | {is_cell} | {peak:.0f} |")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["vrnn", "srnn"], choices=["vrnn", "srnn"])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--models", nargs="+", default=["vrnn", "srnn"],
+                   choices=["vrnn", "srnn", "rnn"])
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "nade"],
+                   choices=list(VARIANTS),
+                   help="variants to time (default: all but nade; add nade for the cost of the "
+                        "NADE emission)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--epochs-fraction", type=float, default=1.0,
                    help="time the first ceil(f * N) batches and extrapolate to an epoch")
@@ -263,6 +308,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--skip-jit", action="store_true")
+    p.add_argument("--nade-hidden", type=int, default=150,
+                   help="hidden width of the NADE emission of the nade variant (default: 150)")
     p.add_argument("--jit-pad", type=int, default=JIT_PAD_MULTIPLE,
                    help=f"JIT: pad batch lengths to multiples of this (default: "
                         f"{JIT_PAD_MULTIPLE}, the TrainConfig default)")

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--preset speech)")
     t.add_argument("--num-components", type=int, default=None,
                    help="mixture components of --emission gmm or stroke (default: 20)")
+    t.add_argument("--nade-hidden", type=int, default=None,
+                   help="hidden width H of --emission nade (default: 150)")
+    t.add_argument("--nade-order", choices=["low_to_high", "high_to_low", "random"],
+                   default=None, help="key order of --emission nade (default: low_to_high, "
+                                      "the lowest pitch first)")
     t.add_argument("--preset", choices=["music", "speech"], default="music",
                    help="network sizes: music (SRNN paper A.2: GRU 300, z 100, one 500-unit "
                         "layer) or speech (A.1: GRU 1024, z 256, two 512-unit leaky-ReLU layers "
@@ -314,6 +319,11 @@ def _train(args, parallel) -> int:
                                       ("seq_len", args.seq_len)) if v is not None}
     emission_kwargs = ({"num_components": args.num_components}
                        if args.num_components is not None else {})
+    if args.nade_hidden is not None or args.nade_order is not None:
+        if emission != "nade":
+            raise ConfigError("--nade-hidden/--nade-order apply to --emission nade only")
+        emission_kwargs.update({k: v for k, v in (("hidden_dim", args.nade_hidden),
+                                                  ("order", args.nade_order)) if v is not None})
     config = TrainConfig(
         data=args.data, model=args.model.lower(), guide=guide, residual=residual,
         data_kind=args.kind or "auto", data_options=data_options, emission=emission,
@@ -561,7 +571,7 @@ def cmd_sample(args) -> int:
     atomic_torch_save(samples, out / "samples.pt")
     norm = payload.get("extra", {}).get("data", {}).get("normalisation") or {}
     mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
-    if config.emission == "bernoulli" and model.x_dim == 88:
+    if config.emission in ("bernoulli", "nade") and model.x_dim == 88:
         from .data.midi import roll_to_midi
         from .plotting import plot_piano_rolls
 

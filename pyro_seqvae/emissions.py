@@ -5,8 +5,9 @@ them into a distribution with ``event_dim=1`` over ``x_t`` (``[..., D]``). Model
 inside an emission, so Gaussian and mixture outputs plug in without touching them.
 
 Registered names (:data:`EMISSIONS`, the CLI's ``--emission``): ``bernoulli`` (piano rolls),
-``gauss`` (diagonal Gaussian), ``gmm`` (mixture of diagonal Gaussians) and ``stroke``
-(bivariate Gaussian mixture with correlation plus a pen-up bit, ``x_t = (dx, dy, pen)``).
+``nade`` (piano rolls with the keys of a frame dependent: a NADE, RNN-NADE's output), ``gauss``
+(diagonal Gaussian), ``gmm`` (mixture of diagonal Gaussians) and ``stroke`` (bivariate Gaussian
+mixture with correlation plus a pen-up bit, ``x_t = (dx, dy, pen)``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers import LOGVAR_MAX, LOGVAR_MIN, check_positive_int, soft_clamp
+from .nade import NADE
 
 
 class Emission(nn.Module):
@@ -76,6 +78,65 @@ class BernoulliEmission(Emission):
 
     def forward(self, params):
         return dist.Bernoulli(logits=params).to_event(1)
+
+
+#: Key orders of :class:`NADEEmission`.
+NADE_ORDERS = ("low_to_high", "high_to_low", "random")
+
+
+class NADEEmission(Emission):
+    """A NADE over the keys of a frame whose biases the step's features set (RNN-NADE).
+
+    ``p(x_t | s_t) = prod_k p(x_tk | x_t,<k, s_t)``, ``p(x_tk = 1 | .) = sigmoid(b_k(s_t) +
+    V_k . sigmoid(c(s_t) + W[:, <k] x_t,<k))`` (DESIGN.md, "Emissions within a frame";
+    Boulanger-Lewandowski et al. 2012). The decoder outputs ``params = [b (D),
+    c (H)]``; the weights ``W [H, D]`` and ``V [D, H]`` are parameters of this module, shared over
+    time (they are saved with the model's ``state_dict``). The distribution is a
+    :class:`~pyro_seqvae.nade.NADE`: batch ``[...]``, event ``[D]``, exact ``log_prob``.
+
+    :param int x_dim: ``D``.
+    :param int hidden_dim: ``H``, the NADE's hidden width (150).
+    :param str order: the order in which the keys are conditioned: ``low_to_high`` (index 0
+        first: the lowest pitch of a piano roll, the default), ``high_to_low`` or ``random`` (a
+        fixed permutation drawn from seed 0, the same at every rebuild).
+
+    Example::
+
+        model = RNN(x_dim=88, emission="nade", emission_kwargs={"hidden_dim": 150})  # RNN-NADE
+    """
+
+    name = "nade"
+
+    def __init__(self, x_dim: int, hidden_dim: int = 150, order: str = "low_to_high"):
+        super().__init__(x_dim)
+        self.hidden_dim = check_positive_int("NADE hidden_dim", hidden_dim)
+        if order not in NADE_ORDERS:
+            raise ConfigError(f"NADE order must be one of {list(NADE_ORDERS)}, got {order!r}")
+        self.order = order
+        D, H = self.x_dim, self.hidden_dim
+        # torch.nn.Linear's default initialisation for x -> hidden and hidden -> logits
+        self.W = nn.Parameter(torch.empty(H, D).uniform_(-1, 1) / math.sqrt(D))
+        self.V = nn.Parameter(torch.empty(D, H).uniform_(-1, 1) / math.sqrt(H))
+        if order == "low_to_high":
+            self.key_order = None
+        else:
+            perm = (torch.arange(D - 1, -1, -1) if order == "high_to_low" else
+                    torch.randperm(D, generator=torch.Generator().manual_seed(0)))
+            self.register_buffer("key_order", perm)
+
+    @property
+    def param_dim(self) -> int:
+        return self.x_dim + self.hidden_dim
+
+    def config(self):
+        out = {"hidden_dim": self.hidden_dim}
+        if self.order != "low_to_high":
+            out["order"] = self.order
+        return out
+
+    def forward(self, params):
+        b, c = params.split([self.x_dim, self.hidden_dim], dim=-1)
+        return NADE(b, c, self.W, self.V, order=self.key_order)
 
 
 #: Floor of a predicted standard deviation: ``exp(LOGVAR_MIN / 2)`` (about 2.5e-3). Both scale
@@ -363,7 +424,7 @@ class StrokeEmission(Emission):
 
 
 EMISSIONS = {cls.name: cls for cls in (BernoulliEmission, GaussianEmission, GMMEmission,
-                                       StrokeEmission)}
+                                       StrokeEmission, NADEEmission)}
 
 
 def make_emission(emission, x_dim: int, **kwargs) -> Emission:
