@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a better validation ELBO")
     t.add_argument("--transpose", type=int, default=0,
                    help="augment by random transposition of up to this many semitones")
+    t.add_argument("--init-output-bias", action=argparse.BooleanOptionalAction, default=True,
+                   help="start a Bernoulli decoder's output bias at the data's key log-odds; "
+                        "without it samples collapse into half the keyboard (default: on)")
     t.add_argument("--out", default=None,
                    help="run folder (default: runs/<model>-<guide>[-res]-seed<seed>)")
     t.add_argument("--resume", action="store_true",
@@ -140,15 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {DEFAULT_MAX_ROWS})")
     e.add_argument("--out", default=None,
                    help="results JSON (default: <run>/eval_<split>_K<particles>.json)")
+    e.add_argument("--samples", type=int, default=16,
+                   help="piano-roll models: draw this many free-running samples and compare "
+                        "their statistics with the split's (JSON key sample_stats; 0: skip) "
+                        "(default: 16)")
+    e.add_argument("--sample-steps", type=int, default=128,
+                   help="steps per sample of --samples (default: 128)")
     _add_common(e)
 
     s = sub.add_parser("sample", help="generate sequences as MIDI files and a piano-roll PNG")
     s.add_argument("run", help="run folder or checkpoint file")
     s.add_argument("--steps", type=int, default=128, help="steps per sequence (default: 128)")
     s.add_argument("--num", type=int, default=4, help="number of sequences (default: 4)")
-    s.add_argument("--out", default="samples", help="output folder (default: samples)")
+    s.add_argument("--out", default=None,
+                   help="output folder, new or empty (default: a new folder "
+                        "RUN/samples-seed<seed>-N<num>-T<steps>[-<prefix name>])")
     s.add_argument("--step-seconds", type=float, default=0.5,
-                   help="duration of one step in the MIDI files (default: 0.5)")
+                   help="duration of one step in the MIDI and WAV files (default: 0.5)")
+    s.add_argument("--prefix", default=None,
+                   help="a MIDI file whose opening every sample continues (read at the run's "
+                        "steps per beat; the guide infers its latents)")
+    s.add_argument("--no-wav", dest="wav", action="store_false",
+                   help="do not write a WAV file per sample (piano rolls only)")
     _add_common(s)
     return parser
 
@@ -222,7 +238,8 @@ def cmd_train(args) -> int:
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
-        patience=args.patience, transpose=args.transpose, limit=args.limit)
+        patience=args.patience, transpose=args.transpose, limit=args.limit,
+        init_output_bias=args.init_output_bias)
     out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
                            f"-seed{config.seed}")
     if args.resume and not (out / LAST).is_file():
@@ -341,15 +358,60 @@ def cmd_evaluate(args) -> int:
     split = getattr(splits, args.split)
     run_dir = Path(payload["path"]).parent
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}_K{args.particles}.json"
+    stats = _sample_stats(args, model, config, split)
     results = _evaluate(model, guide, split, particles=args.particles,
                         batch_size=args.batch_size, seed=args.seed, device=device,
                         max_rows=args.max_rows, out=out,
                         extra={"run": str(run_dir), "checkpoint": payload["path"],
                                "data": str(source), "model": config.model,
-                               "guide": config.guide, "residual": config.residual},
+                               "guide": config.guide, "residual": config.residual,
+                               **({"sample_stats": stats} if stats else {})},
                         progress=(not args.quiet) and sys.stderr.isatty())
     _print_results(results)
+    if stats:
+        s, r = stats["samples"], stats["reference"]
+        print(f"  samples (N={stats['num_samples']}, T={stats['num_steps']}) against the "
+              f"{args.split} split:\n"
+              f"    notes per step        {s['notes_per_step_mean']:.2f} "
+              f"(data {r['notes_per_step_mean']:.2f})\n"
+              f"    sequences with a step of >{s['dense_threshold']} notes "
+              f"{s['share_sequences_dense']:.3f} (data {r['share_sequences_dense']:.3f})\n"
+              f"    note duration         {s['note_duration_mean']:.2f} "
+              f"(data {r['note_duration_mean']:.2f})\n"
+              f"    pitch TV {stats['pitch_tv']:.3f}, pitch-class TV {stats['pitch_class_tv']:.3f}")
     return 0
+
+
+def _sample_stats(args, model, config, split):
+    """``evaluate --samples``: sample statistics against ``split`` (piano rolls), or None."""
+    if args.samples < 0 or args.sample_steps < 1:
+        raise ConfigError(f"--samples must be >= 0 and --sample-steps >= 1, got "
+                          f"{args.samples} and {args.sample_steps}")
+    if args.samples == 0 or config.emission != "bernoulli" or model.x_dim != 88:
+        return None
+    from .infer.sample_stats import sample_statistics
+
+    return sample_statistics(model, split.sequences, num_samples=args.samples,
+                             num_steps=args.sample_steps, seed=args.seed)
+
+
+def _read_prefix(path, config, model):
+    """The opening of ``sample --prefix``: a MIDI file read on the run's grid, ``[P, D]``."""
+    from .errors import DataError
+
+    if model.x_dim != 88 or config.emission != "bernoulli":
+        raise ConfigError(f"--prefix {path}: a MIDI opening needs a piano-roll model (88 "
+                          f"Bernoulli keys), this run has x_dim={model.x_dim}, emission="
+                          f"{config.emission}")
+    from .data.midi import midi_to_roll
+
+    options = config.data_options
+    grid = ({"fs": options["fs"]} if options.get("fs") else
+            {"steps_per_beat": options.get("steps_per_beat", 1)})
+    roll = midi_to_roll(path, **grid)
+    if roll.shape[0] == 0:
+        raise DataError(f"--prefix {path}: no steps")
+    return roll
 
 
 def cmd_sample(args) -> int:
@@ -359,10 +421,19 @@ def cmd_sample(args) -> int:
     from .atomic import atomic_torch_save
 
     model, guide, config, payload, device = _load_run(args.run, args.device)
-    out = Path(args.out)
+    prefix = _read_prefix(args.prefix, config, model) if args.prefix else None
+    if args.out is None:
+        name = f"samples-seed{args.seed}-N{args.num}-T{args.steps}"
+        out = Path(payload["path"]).parent / (name + (f"-{Path(args.prefix).stem}"
+                                                      if args.prefix else ""))
+    else:
+        out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):  # never mix with (or overwrite) earlier samples
+        raise ConfigError(f"{out}: output folder is not empty; remove it or pass another --out")
     _check_writable(out)
     pyro.set_rng_seed(args.seed)
-    samples = model.sample(args.num, args.steps).cpu()
+    samples = model.sample(args.num, args.steps, prefix=prefix,
+                           guide=guide if model.has_latents else None).cpu()
     atomic_torch_save(samples, out / "samples.pt")
     norm = payload.get("extra", {}).get("data", {}).get("normalisation") or {}
     mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
@@ -374,6 +445,12 @@ def cmd_sample(args) -> int:
                  for i, roll in enumerate(samples)]
         plot_piano_rolls(list(samples), path=out / "samples.png", titles=[p.name for p in paths])
         written = f"{len(paths)} MIDI files and samples.png"
+        if args.wav:
+            from .data.audio import roll_to_wav
+
+            for i, roll in enumerate(samples):
+                roll_to_wav(roll, out / f"sample_{i:02d}.wav", step_seconds=args.step_seconds)
+            written = f"{len(paths)} MIDI and WAV files and samples.png"
     elif config.emission == "stroke":
         from .data.strokes import render_strokes
 

@@ -66,6 +66,9 @@ class TrainConfig:
     :param int transpose: data augmentation: shift each training roll by a random number of
         semitones in ``[-transpose, transpose]`` (piano rolls only; 0 disables).
     :param int limit: use only this many chorales of ``jsb`` (quick runs and tests).
+    :param bool init_output_bias: start a Bernoulli decoder's output bias at the training
+        data's key log-odds (:func:`~pyro_seqvae.models.output_init.init_output_bias`); without
+        it free-running samples collapse into half the keyboard (issue 12).
     """
 
     data: str = "jsb"
@@ -95,6 +98,7 @@ class TrainConfig:
     pad_to_multiple: int | None = None
     transpose: int = 0
     limit: int | None = None
+    init_output_bias: bool = True
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_particles"):

@@ -226,6 +226,10 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         else:
+            if config.init_output_bias:
+                from ..models.output_init import init_output_bias
+
+                init_output_bias(self.model, splits.train.sequences, transpose=config.transpose)
             pyro.set_rng_seed(config.seed)
             self.save(LAST)  # a good checkpoint exists before the first update
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
