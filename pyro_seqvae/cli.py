@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Pyro's distribution and trace checks: on the first update only, on "
                         f"every update, or never (default: {defaults.validate}; a NaN loss is "
                         "caught either way)")
-    t.add_argument("--elbo", choices=list(ELBOS), default="trace",
-                   help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
-                        "(analytic KL), iwae (RenyiELBO alpha=0) (default: trace)")
+    t.add_argument("--elbo", choices=list(ELBOS), default=defaults.elbo,
+                   help="objective: meanfield (TraceMeanField_ELBO: the analytic KL per step "
+                        "given the previous sample, as in the SRNN paper), trace (Trace_ELBO), "
+                        "jit (JitTrace_ELBO), iwae (RenyiELBO alpha=0) "
+                        f"(default: {defaults.elbo})")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per update (the K of --elbo iwae) (default: 1)")
