@@ -208,9 +208,9 @@ def main(argv=None):
             result["sample_stats"] = sample_statistics(model, test.sequences,
                                                        num_samples=args.num,
                                                        num_steps=args.steps, seed=args.seed)
-            for k in ("pitch_hist",):
-                result["sample_stats"]["samples"].pop(k)
-                result["sample_stats"]["reference"].pop(k)
+            for part in ("samples", "reference"):  # the bass line: share of notes below C4
+                hist = result["sample_stats"][part].pop("pitch_hist")
+                result["sample_stats"][part]["share_notes_below_C4"] = sum(hist[: 60 - 21])
     name = Path(args.run).name
     out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
                                            f"sample_diagnostics_{name}.json")
