@@ -138,6 +138,26 @@ def describe(z, mask=None):
             "max_abs": float(flat.abs().max())}
 
 
+def count_over_seeds(args, model, config, test):
+    """Collapsed samples (a step of > 12 notes) and notes per step for several sampling seeds."""
+    rows = []
+    for seed in args.sample_seeds:
+        st = sample_statistics(model, test.sequences, num_samples=args.num,
+                               num_steps=args.steps, seed=seed)
+        rows.append({"seed": seed,
+                     "dense": round(args.num * st["samples"]["share_sequences_dense"]),
+                     "notes_per_step_mean": st["samples"]["notes_per_step_mean"],
+                     "pitch_tv": st["pitch_tv"]})
+        print(rows[-1], flush=True)
+    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
+                                           f"sample_seeds_{Path(args.run).name}.json")
+    out.write_text(json.dumps({"run": str(args.run), "config": config.to_dict(),
+                               "num": args.num, "steps": args.steps, "rows": rows,
+                               "dense_total": sum(r["dense"] for r in rows)}, indent=1))
+    print("wrote", out)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
@@ -145,11 +165,16 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--sample-seeds", type=int, nargs="+", default=None,
+                   help="only count collapsed samples over these sampling seeds "
+                        "(writes sample_seeds_<run>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model, guide, config, payload, device = _load_run(args.run, "cpu")
     splits = config.load_data(progress=False)
     test = splits.test
+    if args.sample_seeds:
+        return count_over_seeds(args, model, config, test)
     result = {"run": str(args.run), "config": config.to_dict(), "num": args.num,
               "steps": args.steps, "seed": args.seed,
               "versions": {"torch": torch.__version__, "pyro": pyro.__version__,
