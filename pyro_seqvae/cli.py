@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps per sample of --samples (default: 128)")
     _add_common(e)
 
-    s = sub.add_parser("sample", help="generate sequences as MIDI files and a piano-roll PNG")
+    s = sub.add_parser("sample",
+                       help="generate sequences as MIDI and WAV files and a piano-roll PNG")
     s.add_argument("run", help="run folder or checkpoint file")
     s.add_argument("--steps", type=int, default=128, help="steps per sequence (default: 128)")
     s.add_argument("--num", type=int, default=4, help="number of sequences (default: 4)")
