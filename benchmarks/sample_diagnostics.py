@@ -191,7 +191,10 @@ def main(argv=None):
             batch = pad_sequences(test.sequences[:8])
             result["reuse"] = check_reuse(model, guide, batch.x, batch.mask, args.seed)
         pyro.set_rng_seed(args.seed)
-        xs, zs, _, _, probs_free = record_sample(model, args.num, args.steps)
+        if model.has_latents:
+            xs, zs, _, _, probs_free = record_sample(model, args.num, args.steps)
+        else:  # the RNN: no latents to record
+            xs, probs_free = model.sample(args.num, args.steps), True
         nps = xs.sum(-1)
         result["notes_per_step_along_sample"] = [round(float(v), 3) for v in nps.mean(0)]
         result["share_dense_along_sample"] = [round(float(v), 3)
