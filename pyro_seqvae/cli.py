@@ -129,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Pyro's distribution and trace checks: on the first update only, on "
                         f"every update, or never (default: {defaults.validate}; a NaN loss is "
                         "caught either way)")
-    t.add_argument("--elbo", choices=list(ELBOS), default="trace",
-                   help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
-                        "(analytic KL), iwae (RenyiELBO alpha=0), fivo (the SMC bound), nasmc "
-                        "(neural adaptive SMC) (default: trace)")
+    t.add_argument("--elbo", choices=list(ELBOS), default=defaults.elbo,
+                   help="objective: meanfield (TraceMeanField_ELBO: the analytic KL per step "
+                        "given the previous sample, as in the SRNN paper), trace (Trace_ELBO), "
+                        "jit (JitTrace_ELBO), iwae (RenyiELBO alpha=0), fivo (the SMC bound), "
+                        f"nasmc (neural adaptive SMC) (default: {defaults.elbo})")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per update (the K of --elbo iwae, fivo, nasmc) (default: 1)")
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a better validation ELBO")
     t.add_argument("--transpose", type=int, default=0,
                    help="augment by random transposition of up to this many semitones")
+    t.add_argument("--init-output-bias", action=argparse.BooleanOptionalAction, default=True,
+                   help="start a Bernoulli decoder's output bias at the data's key log-odds; "
+                        "without it samples collapse into half the keyboard (default: on)")
     t.add_argument("--out", default=None,
                    help="run folder; refused if it already holds files, unless --resume or "
                         "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
@@ -183,15 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {DEFAULT_MAX_ROWS})")
     e.add_argument("--out", default=None,
                    help="results JSON (default: <run>/eval_<split>_K<particles>.json)")
+    e.add_argument("--samples", type=int, default=16,
+                   help="piano-roll models: draw this many free-running samples and compare "
+                        "their statistics with the split's (JSON key sample_stats; 0: skip) "
+                        "(default: 16)")
+    e.add_argument("--sample-steps", type=int, default=128,
+                   help="steps per sample of --samples (default: 128)")
     _add_common(e)
 
-    s = sub.add_parser("sample", help="generate sequences as MIDI files and a piano-roll PNG")
+    s = sub.add_parser("sample",
+                       help="generate sequences as MIDI and WAV files and a piano-roll PNG")
     s.add_argument("run", help=run_help)
     s.add_argument("--steps", type=int, default=128, help="steps per sequence (default: 128)")
     s.add_argument("--num", type=int, default=4, help="number of sequences (default: 4)")
-    s.add_argument("--out", default="samples", help="output folder (default: samples)")
+    s.add_argument("--out", default=None,
+                   help="output folder, new or empty (default: a new folder "
+                        "RUN/samples-seed<seed>-N<num>-T<steps>[-<prefix name>])")
     s.add_argument("--step-seconds", type=float, default=0.5,
-                   help="duration of one step in the MIDI files (default: 0.5)")
+                   help="duration of one step in the MIDI and WAV files (default: 0.5)")
+    s.add_argument("--prefix", default=None,
+                   help="a MIDI file whose opening every sample continues (read at the run's "
+                        "steps per beat; the guide infers its latents)")
+    s.add_argument("--no-wav", dest="wav", action="store_false",
+                   help="do not write a WAV file per sample (piano rolls only)")
     _add_common(s)
     return parser
 
@@ -333,7 +351,8 @@ def _train(args, parallel) -> int:
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
-        patience=args.patience, transpose=args.transpose, limit=args.limit)
+        patience=args.patience, transpose=args.transpose, limit=args.limit,
+        init_output_bias=args.init_output_bias)
     check_train_args(args, config)
     if args.tensorboard:
         from .training.reporting import tensorboard_writer_class
@@ -538,6 +557,7 @@ def cmd_evaluate(args) -> int:
     suffix = "_smc" if args.estimator == "smc" else ""
     out = (Path(args.out) if args.out
            else run_dir / f"eval_{args.split}_K{args.particles}{suffix}.json")
+    stats = _sample_stats(args, model, config, split)
     results = _evaluate(model, guide, split, particles=args.particles,
                         batch_size=args.batch_size, seed=args.seed, device=device,
                         max_rows=args.max_rows, out=out, estimator=args.estimator,
@@ -547,12 +567,56 @@ def cmd_evaluate(args) -> int:
                                "guide": config.guide, "residual": config.residual,
                                "data_sha256": split_fingerprint(split),
                                "data_matches_run": (None if not data_record.get("fingerprints")
-                                                    else not changed)},
+                                                    else not changed),
+                               **({"sample_stats": stats} if stats else {})},
                         progress=(not args.quiet) and sys.stderr.isatty())
     _print_results(results, exact=not model.has_latents)
     if (run_dir / "metrics.jsonl").is_file() and out.parent == run_dir:
         _refresh_curves(run_dir)
+    if stats:
+        s, r = stats["samples"], stats["reference"]
+        print(f"  samples (N={stats['num_samples']}, T={stats['num_steps']}) against the "
+              f"{args.split} split:\n"
+              f"    notes per step        {s['notes_per_step_mean']:.2f} "
+              f"(data {r['notes_per_step_mean']:.2f})\n"
+              f"    sequences with a step of >{s['dense_threshold']} notes "
+              f"{s['share_sequences_dense']:.3f} (data {r['share_sequences_dense']:.3f})\n"
+              f"    note duration         {s['note_duration_mean']:.2f} "
+              f"(data {r['note_duration_mean']:.2f})\n"
+              f"    pitch TV {stats['pitch_tv']:.3f}, pitch-class TV {stats['pitch_class_tv']:.3f}")
     return 0
+
+
+def _sample_stats(args, model, config, split):
+    """``evaluate --samples``: sample statistics against ``split`` (piano rolls), or None."""
+    if args.samples < 0 or args.sample_steps < 1:
+        raise ConfigError(f"--samples must be >= 0 and --sample-steps >= 1, got "
+                          f"{args.samples} and {args.sample_steps}")
+    if args.samples == 0 or config.emission != "bernoulli" or model.x_dim != 88:
+        return None
+    from .infer.sample_stats import sample_statistics
+
+    return sample_statistics(model, split.sequences, num_samples=args.samples,
+                             num_steps=args.sample_steps, seed=args.seed)
+
+
+def _read_prefix(path, config, model):
+    """The opening of ``sample --prefix``: a MIDI file read on the run's grid, ``[P, D]``."""
+    from .errors import DataError
+
+    if model.x_dim != 88 or config.emission != "bernoulli":
+        raise ConfigError(f"--prefix {path}: a MIDI opening needs a piano-roll model (88 "
+                          f"Bernoulli keys), this run has x_dim={model.x_dim}, emission="
+                          f"{config.emission}")
+    from .data.midi import midi_to_roll
+
+    options = config.data_options
+    grid = ({"fs": options["fs"]} if options.get("fs") else
+            {"steps_per_beat": options.get("steps_per_beat", 1)})
+    roll = midi_to_roll(path, **grid)
+    if roll.shape[0] == 0:
+        raise DataError(f"--prefix {path}: no steps")
+    return roll
 
 
 def cmd_sample(args) -> int:
@@ -564,10 +628,19 @@ def cmd_sample(args) -> int:
     check_sample_args(args)
     model, guide, config, payload, device = _load_run(args.run, args.device)
     check_sample_size(args.num, args.steps, model.x_dim)
-    out = Path(args.out)
+    prefix = _read_prefix(args.prefix, config, model) if args.prefix else None
+    if args.out is None:
+        name = f"samples-seed{args.seed}-N{args.num}-T{args.steps}"
+        out = Path(payload["path"]).parent / (name + (f"-{Path(args.prefix).stem}"
+                                                      if args.prefix else ""))
+    else:
+        out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):  # never mix with (or overwrite) earlier samples
+        raise ConfigError(f"{out}: output folder is not empty; remove it or pass another --out")
     _check_writable(out)
     pyro.set_rng_seed(args.seed)
-    samples = model.sample(args.num, args.steps).cpu()
+    samples = model.sample(args.num, args.steps, prefix=prefix,
+                           guide=guide if model.has_latents else None).cpu()
     atomic_torch_save(samples, out / "samples.pt")
     norm = payload.get("extra", {}).get("data", {}).get("normalisation") or {}
     mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
@@ -579,6 +652,12 @@ def cmd_sample(args) -> int:
                  for i, roll in enumerate(samples)]
         plot_piano_rolls(list(samples), path=out / "samples.png", titles=[p.name for p in paths])
         written = f"{len(paths)} MIDI files and samples.png"
+        if args.wav:
+            from .data.audio import roll_to_wav
+
+            for i, roll in enumerate(samples):
+                roll_to_wav(roll, out / f"sample_{i:02d}.wav", step_seconds=args.step_seconds)
+            written = f"{len(paths)} MIDI and WAV files and samples.png"
     elif config.emission == "stroke":
         from .data.strokes import render_strokes
 

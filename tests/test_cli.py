@@ -129,7 +129,8 @@ def test_sample_writes_midi_files_and_a_picture(trained, tmp_path):
     assert status == 0, stderr
     assert sorted(p.name for p in out.glob("*.mid")) == ["sample_00.mid", "sample_01.mid"]
     assert (out / "samples.png").stat().st_size > 0
-    assert "wrote 2 MIDI files" in stdout
+    assert "wrote 2 MIDI and WAV files" in stdout
+    assert sorted(p.name for p in out.glob("*.wav")) == ["sample_00.wav", "sample_01.wav"]
 
 
 def test_train_resume_continues_the_run(trained, data_file, tmp_path):

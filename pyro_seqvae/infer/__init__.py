@@ -11,10 +11,12 @@ from .importance import (
     log_importance_weights,
     pareto_khat,
 )
+from .sample_stats import compare_sample_statistics, piano_roll_statistics, sample_statistics
 from .smc import SMCEstimate, SMCResult, estimate_smc_log_likelihood, run_smc
 from .smc_objectives import FIVO, NASMC
 
 __all__ = ["ELBOS", "FIVO", "ImportanceEstimate", "JitELBOByLength", "KHAT_THRESHOLD",
            "LinearKLSchedule", "NASMC", "SMCEstimate", "SMCResult", "chunked_log_weights",
-           "elbo_per_step", "estimate_log_likelihood", "estimate_smc_log_likelihood",
-           "evaluate_split", "log_importance_weights", "make_elbo", "pareto_khat", "run_smc"]
+           "compare_sample_statistics", "elbo_per_step", "estimate_log_likelihood",
+           "estimate_smc_log_likelihood", "evaluate_split", "log_importance_weights",
+           "make_elbo", "pareto_khat", "piano_roll_statistics", "run_smc", "sample_statistics"]

@@ -402,6 +402,11 @@ class Trainer:
             else:
                 if self.out_dir is not None:
                     prepare_new_run(self.out_dir, overwrite=self.overwrite)
+                if init is None and config.init_output_bias:  # a warm start keeps its weights
+                    from ..models.output_init import init_output_bias
+
+                    init_output_bias(self.model, splits.train.sequences,
+                                     transpose=config.transpose)
                 pyro.set_rng_seed(config.seed)
                 self.schedule = config.kl_schedule(updates_per_epoch)
             if self.out_dir is not None:
