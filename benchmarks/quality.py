@@ -52,6 +52,9 @@ CONFIGS = {
     "srnn-smooth-resq": (dict(model="srnn", guide="smooth", residual=True),
                          "SRNN smooth + Res_q"),
     "dmm": (dict(model="dmm", guide="smooth"), "DMM"),
+    # the paper's linear recognition model (guide hidden_layers=0, set in size_kwargs)
+    "tsbn": (dict(model="tsbn", guide="filter", baseline="neural"),
+             "TSBN + linear filtering guide, NVIL baseline"),
 }
 
 #: Published test log-likelihood per step (nats), SRNN paper Table 2, as quoted in DESIGN.md.
@@ -86,6 +89,8 @@ def size_kwargs(model: str, args) -> tuple[dict, dict]:
             mk["rnn_dim"] = args.rnn_dim
         if args.hidden_dim is not None:
             mk["hidden_dim"] = args.hidden_dim
+    if model == "tsbn":
+        gk["hidden_layers"] = 0
     if model != "rnn":
         if args.hidden_dim is not None:
             gk["hidden_dim"] = args.hidden_dim

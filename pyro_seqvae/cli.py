@@ -47,6 +47,7 @@ def _add_data(p, default="jsb"):
 def build_parser() -> argparse.ArgumentParser:
     from .emissions import EMISSIONS
     from .guides import GUIDES
+    from .guides.baselines import BASELINES
     from .infer.elbo import ELBOS
     from .layers import ACTIVATIONS
     from .models import MODELS
@@ -111,7 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "caught either way)")
     t.add_argument("--elbo", choices=list(ELBOS), default="trace",
                    help="objective: trace (Trace_ELBO), jit (JitTrace_ELBO), meanfield "
-                        "(analytic KL), iwae (RenyiELBO alpha=0) (default: trace)")
+                        "(analytic KL), iwae (RenyiELBO alpha=0), downstream or tracegraph "
+                        "(score-function gradients with downstream costs and baselines, for "
+                        "binary latents) (default: trace)")
+    t.add_argument("--baseline", choices=list(BASELINES), default="none",
+                   help="score-function baseline of binary latents (tsbn): a decaying average "
+                        "or a neural baseline (NVIL); uses --elbo downstream (default: none)")
+    t.add_argument("--layers", type=int, default=None,
+                   help="tsbn: stacked latent layers, z-dim split evenly (default: 1)")
+    t.add_argument("--guide-hidden-layers", type=int, default=None,
+                   help="hidden layers of the guide's networks, 0: linear (default: 1; tsbn: 0, "
+                        "the paper's recognition model)")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per update (the K of --elbo iwae) (default: 1)")
@@ -175,7 +186,8 @@ PRESETS = {
 def cmd_train(args) -> int:
     from .training import LAST, TrainConfig, Trainer
 
-    guide = args.guide or ("none" if args.model.lower() == "rnn" else "smooth")
+    default_guide = {"rnn": "none", "tsbn": "filter"}.get(args.model.lower(), "smooth")
+    guide = args.guide or default_guide
     residual = args.residual
     if residual is None:
         residual = args.model.lower() in ("srnn", "vrnn", "dmm") and guide not in ("none",)
@@ -202,6 +214,12 @@ def cmd_train(args) -> int:
         model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
+    if args.model.lower() == "tsbn":  # linear maps only: widths and layers of its own
+        model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
+        if args.layers is not None:
+            model_kwargs["layers"] = args.layers
+    elif args.layers is not None:
+        raise ConfigError("--layers applies to tsbn only")
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)
@@ -209,6 +227,17 @@ def cmd_train(args) -> int:
             guide_kwargs["hidden_dim"] = model_kwargs["hidden_dim"]
         if "rnn_dim" in model_kwargs and model_kwargs["rnn_dim"] != 300:
             guide_kwargs["summary_dim"] = model_kwargs["rnn_dim"]
+        if args.model.lower() == "tsbn":
+            guide_kwargs.update({k: v for k, v in explicit.items()
+                                 if k == "hidden_dim" and v != 500})
+            if "rnn_dim" in explicit:
+                guide_kwargs["summary_dim"] = explicit["rnn_dim"]
+            guide_kwargs["hidden_layers"] = 0
+        if args.guide_hidden_layers is not None:
+            if args.guide_hidden_layers < 0:
+                raise ConfigError(f"--guide-hidden-layers must be >= 0, got "
+                                  f"{args.guide_hidden_layers}")
+            guide_kwargs["hidden_layers"] = args.guide_hidden_layers
     data_options = {k: v for k, v in (("frame_size", args.frame_size),
                                       ("seq_len", args.seq_len)) if v is not None}
     emission_kwargs = ({"num_components": args.num_components}
@@ -221,6 +250,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
+        baseline=args.baseline,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit)
     out = Path(args.out or f"runs/{config.model}-{guide}{'-res' if residual else ''}"
