@@ -62,7 +62,7 @@ class SequenceGuide(BlockHolder, PyroModule):
         model's own (3 for the paper's networks, None for the DMM).
     :param str baseline: variance reduction for binary latents (:mod:`.baselines`): ``none``,
         ``decaying`` (a decaying average of the downstream cost) or ``neural`` (NVIL); read by
-        ``TraceGraph_ELBO``.
+        :class:`~pyro_seqvae.infer.DownstreamCostELBO` and ``TraceGraph_ELBO``.
     :param str name: root name in the param store (default: the class name).
     """
 

@@ -338,3 +338,36 @@ def test_linear_filtering_guide_is_the_papers_recognition_model():
             expected = torch.distributions.Bernoulli(logits=logits).log_prob(site["value"]).sum(-1)
             assert_close(site["fn"].log_prob(site["value"]), expected, atol=1e-5)
             z_prev, x_prev = site["value"], x[:, t]
+
+
+def test_command_line_trains_evaluates_and_samples_a_deep_tsbn(tmp_path):
+    import json
+
+    from test_cli import run_cli, write_benchmark_pickle
+
+    from pyro_seqvae.training import LAST, load_checkpoint
+
+    data = write_benchmark_pickle(tmp_path / "tiny.pickle")
+    run = tmp_path / "tsbn"
+    status, stdout, stderr = run_cli("train", "--data", data, "--model", "tsbn", "--z-dim", 4,
+                                     "--layers", 2, "--baseline", "neural", "--batch-size", 4,
+                                     "--epochs", 1, "--quiet", "--out", run)
+    assert status == 0, stderr
+    assert "trained TSBN + FilteringGuide for 1 epochs" in stdout
+    payload = load_checkpoint(run / LAST)
+    assert payload["config"]["elbo"] == "downstream" and payload["config"]["baseline"] == "neural"
+    assert payload["model_config"]["layers"] == 2 and payload["model_config"]["z_dim"] == 4
+    assert payload["guide_config"]["hidden_layers"] == 0  # the paper's recognition model
+    status, _, stderr = run_cli("evaluate", run, "--particles", 4, "--quiet")
+    assert status == 0, stderr
+    assert math.isfinite(json.loads((run / "eval_test_K4.json").read_text())[
+        "is_log_likelihood_per_step"])
+    status, _, stderr = run_cli("sample", run, "--steps", 6, "--num", 2, "--quiet",
+                                "--out", tmp_path / "samples")
+    assert status == 0, stderr
+    rolls = torch.load(tmp_path / "samples" / "samples.pt")
+    assert rolls.shape == (2, 6, 88)
+    assert ((rolls == 0) | (rolls == 1)).all()
+    status, _, stderr = run_cli("train", "--data", data, "--model", "srnn", "--layers", 2,
+                                "--epochs", 1, "--quiet", "--out", tmp_path / "srnn")
+    assert status == 1 and "--layers applies to tsbn only" in stderr
