@@ -63,6 +63,9 @@ CONFIGS = {
                                    emission="nade"), "SRNN smooth + Res_q, NADE emission"),
     "vrnn-nade": (dict(model="vrnn", guide="filter", emission="nade"),
                   "VRNN, NADE emission"),
+    # the paper's linear recognition model (guide hidden_layers=0, set in size_kwargs)
+    "tsbn": (dict(model="tsbn", guide="filter", baseline="neural"),
+             "TSBN + linear filtering guide, NVIL baseline"),
 }
 
 #: Published test log-likelihood per step (nats), SRNN paper Table 2, as quoted in DESIGN.md.
@@ -98,6 +101,8 @@ def size_kwargs(model: str, args) -> tuple[dict, dict]:
             mk["rnn_dim"] = args.rnn_dim
         if args.hidden_dim is not None:
             mk["hidden_dim"] = args.hidden_dim
+    if model == "tsbn":
+        gk["hidden_layers"] = 0
     if model != "rnn":
         if args.hidden_dim is not None:
             gk["hidden_dim"] = args.hidden_dim

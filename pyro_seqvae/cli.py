@@ -61,6 +61,7 @@ def _add_data(p, default="jsb"):
 def build_parser() -> argparse.ArgumentParser:
     from .emissions import EMISSIONS
     from .guides import GUIDES
+    from .guides.baselines import BASELINES
     from .infer.elbo import ELBOS
     from .layers import ACTIVATIONS
     from .models import MODELS
@@ -129,11 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Pyro's distribution and trace checks: on the first update only, on "
                         f"every update, or never (default: {defaults.validate}; a NaN loss is "
                         "caught either way)")
-    t.add_argument("--elbo", choices=list(ELBOS), default=defaults.elbo,
+    t.add_argument("--elbo", choices=list(ELBOS), default=None,
                    help="objective: meanfield (TraceMeanField_ELBO: the analytic KL per step "
                         "given the previous sample, as in the SRNN paper), trace (Trace_ELBO), "
                         "jit (JitTrace_ELBO), iwae (RenyiELBO alpha=0), fivo (the SMC bound), "
-                        f"nasmc (neural adaptive SMC) (default: {defaults.elbo})")
+                        "nasmc (neural adaptive SMC), downstream or tracegraph (score-function "
+                        "gradients with downstream costs and baselines, for binary latents) "
+                        "(default: meanfield; trace for tsbn)")
+    t.add_argument("--baseline", choices=list(BASELINES), default="none",
+                   help="score-function baseline of binary latents (tsbn): a decaying average "
+                        "or a neural baseline (NVIL); uses --elbo downstream (default: none)")
+    t.add_argument("--layers", type=int, default=None,
+                   help="tsbn: stacked latent layers, z-dim split evenly (default: 1)")
+    t.add_argument("--guide-hidden-layers", type=int, default=None,
+                   help="hidden layers of the guide's networks, 0: linear (default: 1; tsbn: 0, "
+                        "the paper's recognition model)")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
                    help="samples per update (the K of --elbo iwae, fivo, nasmc) (default: 1)")
@@ -299,7 +310,8 @@ def _train(args, parallel) -> int:
     from .training import BEST, LAST, TrainConfig, Trainer
     from .training.run_folder import RunLock, prepare_new_run
 
-    guide = args.guide or ("none" if args.model.lower() == "rnn" else "smooth")
+    default_guide = {"rnn": "none", "tsbn": "filter"}.get(args.model.lower(), "smooth")
+    guide = args.guide or default_guide
     residual = args.residual
     if residual is None:
         residual = args.model.lower() in ("srnn", "vrnn", "dmm") and guide not in ("none",)
@@ -326,6 +338,12 @@ def _train(args, parallel) -> int:
         model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
+    if args.model.lower() == "tsbn":  # linear maps only: widths and layers of its own
+        model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
+        if args.layers is not None:
+            model_kwargs["layers"] = args.layers
+    elif args.layers is not None:
+        raise ConfigError("--layers applies to tsbn only")
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)
@@ -333,6 +351,17 @@ def _train(args, parallel) -> int:
             guide_kwargs["hidden_dim"] = model_kwargs["hidden_dim"]
         if "rnn_dim" in model_kwargs and model_kwargs["rnn_dim"] != 300:
             guide_kwargs["summary_dim"] = model_kwargs["rnn_dim"]
+        if args.model.lower() == "tsbn":
+            guide_kwargs.update({k: v for k, v in explicit.items()
+                                 if k == "hidden_dim" and v != 500})
+            if "rnn_dim" in explicit:
+                guide_kwargs["summary_dim"] = explicit["rnn_dim"]
+            guide_kwargs["hidden_layers"] = 0
+        if args.guide_hidden_layers is not None:
+            if args.guide_hidden_layers < 0:
+                raise ConfigError(f"--guide-hidden-layers must be >= 0, got "
+                                  f"{args.guide_hidden_layers}")
+            guide_kwargs["hidden_layers"] = args.guide_hidden_layers
     data_options = {k: v for k, v in (("frame_size", args.frame_size),
                                       ("seq_len", args.seq_len)) if v is not None}
     emission_kwargs = ({"num_components": args.num_components}
@@ -350,6 +379,7 @@ def _train(args, parallel) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
+        baseline=args.baseline,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
         init_output_bias=args.init_output_bias)
@@ -587,12 +617,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+#: Emissions of binary piano rolls: samples are written as MIDI and compared with the data.
+PIANO_ROLL_EMISSIONS = ("bernoulli", "nade")
+
+
 def _sample_stats(args, model, config, split):
     """``evaluate --samples``: sample statistics against ``split`` (piano rolls), or None."""
     if args.samples < 0 or args.sample_steps < 1:
         raise ConfigError(f"--samples must be >= 0 and --sample-steps >= 1, got "
                           f"{args.samples} and {args.sample_steps}")
-    if args.samples == 0 or config.emission != "bernoulli" or model.x_dim != 88:
+    if args.samples == 0 or config.emission not in PIANO_ROLL_EMISSIONS or model.x_dim != 88:
         return None
     from .infer.sample_stats import sample_statistics
 
@@ -604,10 +638,10 @@ def _read_prefix(path, config, model):
     """The opening of ``sample --prefix``: a MIDI file read on the run's grid, ``[P, D]``."""
     from .errors import DataError
 
-    if model.x_dim != 88 or config.emission != "bernoulli":
+    if model.x_dim != 88 or config.emission not in PIANO_ROLL_EMISSIONS:
         raise ConfigError(f"--prefix {path}: a MIDI opening needs a piano-roll model (88 "
-                          f"Bernoulli keys), this run has x_dim={model.x_dim}, emission="
-                          f"{config.emission}")
+                          f"binary keys: bernoulli or nade), this run has x_dim={model.x_dim}, "
+                          f"emission={config.emission}")
     from .data.midi import midi_to_roll
 
     options = config.data_options
@@ -644,7 +678,7 @@ def cmd_sample(args) -> int:
     atomic_torch_save(samples, out / "samples.pt")
     norm = payload.get("extra", {}).get("data", {}).get("normalisation") or {}
     mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
-    if config.emission in ("bernoulli", "nade") and model.x_dim == 88:
+    if config.emission in PIANO_ROLL_EMISSIONS and model.x_dim == 88:
         from .data.midi import roll_to_midi
         from .plotting import plot_piano_rolls
 

@@ -121,7 +121,7 @@ def check_train_args(args, config) -> None:
     if args.num_components is not None and emission not in MIXTURE_EMISSIONS:
         raise ConfigError(f"--num-components sets the mixture of --emission gmm or stroke; "
                           f"--emission {emission} has no mixture")
-    if args.jit and args.elbo not in ("trace", "jit"):
+    if args.jit and args.elbo not in (None, "trace", "jit"):
         raise ConfigError(f"--jit is shorthand for --elbo jit and cannot be combined with "
                           f"--elbo {args.elbo}; drop one of them")
     _positive("--eval-particles", args.eval_particles, allow_zero=True)
@@ -199,10 +199,11 @@ def check_sample_args(args) -> None:
     if not args.step_seconds > 0 or not math.isfinite(args.step_seconds):
         raise ConfigError(f"--step-seconds must be a positive number, got {args.step_seconds}")
     find_checkpoint(args.run)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: not writable (a file is in the way of the folder)")
-    check_can_write(out, f"--out {out}")
+    if args.out is not None:  # the default, a new folder inside the run, is checked in place
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: not writable (a file is in the way of the folder)")
+        check_can_write(out, f"--out {out}")
 
 
 def check_sample_size(num: int, steps: int, x_dim: int) -> None:

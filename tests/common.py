@@ -18,6 +18,7 @@ MODEL_KWARGS = {
     "storn": {"z_dim": 3, "rnn_dim": 5, "hidden_dim": 7},
     "srnn": {"z_dim": 3, "rnn_dim": 5, "hidden_dim": 7},
     "dmm": {"z_dim": 3, "transition_dim": 5, "emission_dim": 5},
+    "tsbn": {"z_dim": 3},
 }
 GUIDE_KWARGS = {
     "filter": {"hidden_dim": 7, "summary_dim": 5},

@@ -153,7 +153,7 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
     draw_rsample = reparameterized and not nasmc
     for t in range(T):
         pre_t, real = pre[:, t], mask[:, t]
-        q_t, prior_loc = guide.proposal(carry, summary[:, t], pre_t)
+        q_t, prior_loc = guide.proposal(carry, summary[:, t], pre_t)[:2]
         if draw_rsample:
             if not q_t.has_rsample:
                 raise ConfigError(f"{type(q_t).__name__} latents cannot be reparameterised: "

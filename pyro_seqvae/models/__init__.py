@@ -7,14 +7,17 @@ from .dmm import DMM
 from .rnn import RNN
 from .srnn import SRNN
 from .storn import STORN
+from .tsbn import TSBN
 from .vrnn import VRNN
 
 #: Name -> class, used by the CLI, the checkpoints and the tests.
-MODELS = {"rnn": RNN, "vrnn": VRNN, "storn": STORN, "srnn": SRNN, "dmm": DMM}
+MODELS = {"rnn": RNN, "vrnn": VRNN, "storn": STORN, "srnn": SRNN, "dmm": DMM,
+          "tsbn": TSBN}
 
 
 def make_model(name: str, /, **kwargs) -> SequenceModel:
-    """Build a model by its registry name (``rnn``, ``vrnn``, ``storn``, ``srnn``, ``dmm``)."""
+    """Build a model by its registry name (``rnn``, ``vrnn``, ``storn``, ``srnn``, ``dmm``,
+    ``tsbn``)."""
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:
         raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
@@ -31,4 +34,4 @@ def model_name(model) -> str:
 
 
 __all__ = ["Carry", "DMM", "LatentSequenceModel", "MODELS", "RNN", "SRNN", "STORN",
-           "SequenceModel", "VRNN", "make_model", "model_name"]
+           "SequenceModel", "TSBN", "VRNN", "make_model", "model_name"]

@@ -192,6 +192,9 @@ class LatentSequenceModel(SequenceModel):
     state_depends_on_z = False
     #: True when the prior has a learned mean network ``NN1_p`` (required by Res_q).
     has_learned_prior_loc = True
+    #: The family of ``q(z_t | .)`` the guides build (:data:`pyro_seqvae.latents.LATENT_FAMILIES`):
+    #: ``gaussian`` (reparameterised) or ``bernoulli`` (binary, score-function gradients: TSBN).
+    latent_family = "gaussian"
     #: True when ``precompute`` already returns learned features of ``x_t`` (VRNN's phi_x),
     #: which the filtering guide then uses as its summary ``a_t`` directly.
     features_are_learned = False

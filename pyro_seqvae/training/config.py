@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..guides import default_guide_name, make_guide
+from ..guides.baselines import BASELINES
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import ELBOS
 from ..models import make_model
@@ -52,11 +53,16 @@ class TrainConfig:
     :param float beta_increment: added to the KL weight per update (SRNN paper: 1e-4 or 3e-4).
         ``None`` (the default): the paper's 3e-4, raised where needed so that beta reaches 1
         by the middle of the run (a short run would otherwise never see beta = 1).
-    :param str elbo: ``meanfield`` (the default: ``TraceMeanField_ELBO``, the analytic KL
-        per step given the previous sample, as the SRNN paper computes it; 0.42 nats per step
-        better validation ELBO than ``trace`` after the 20-epoch default run, at no extra cost
-        per update), ``trace``, ``jit``, ``iwae``, ``fivo`` or ``nasmc`` (SMC objectives:
-        ``beta`` tempers the latent part of their weights).
+    :param str elbo: ``meanfield`` (the default for Gaussian latents: ``TraceMeanField_ELBO``,
+        the analytic KL per step given the previous sample, as the SRNN paper computes it; 0.42
+        nats per step better validation ELBO than ``trace`` after the 20-epoch default run, at no
+        extra cost per update), ``trace`` (the default for binary latents, TSBN), ``jit``,
+        ``iwae``, ``fivo`` or ``nasmc`` (SMC objectives: ``beta`` tempers the latent part of
+        their weights), ``downstream`` or ``tracegraph``. ``None``: the model's default.
+    :param str baseline: score-function baseline of binary latents (TSBN): ``none``,
+        ``decaying`` or ``neural`` (NVIL); ``Trace_ELBO`` ignores baselines, so with one
+        ``elbo="trace"`` becomes ``downstream`` (:class:`~pyro_seqvae.infer.downstream.
+        DownstreamCostELBO`).
     :param str validate: Pyro's distribution and trace checks during training: ``first`` (on
         the first update of each :meth:`Trainer.fit`, which catches a badly shaped model at
         once; then off, for speed), ``always`` or ``never``. A NaN loss is caught either way.
@@ -92,7 +98,8 @@ class TrainConfig:
     clip_norm: float = 10.0
     beta_start: float = 0.2
     beta_increment: float | None = None
-    elbo: str = "meanfield"
+    elbo: str | None = None
+    baseline: str = "none"
     validate: str = "first"
     num_particles: int = 1
     seed: int = 0
@@ -115,8 +122,22 @@ class TrainConfig:
             raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if self.elbo is None:  # the model's default: analytic KL where the latents allow it
+            from ..models import MODELS
+
+            family = getattr(MODELS.get(str(self.model).lower()), "latent_family", "gaussian")
+            object.__setattr__(self, "elbo", "meanfield" if family == "gaussian" else "trace")
         if self.elbo not in ELBOS:
             raise ConfigError(f"unknown elbo {self.elbo!r}; expected one of {list(ELBOS)}")
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {list(BASELINES)}, got "
+                              f"{self.baseline!r}")
+        if self.baseline != "none":
+            if self.elbo == "trace":  # Trace_ELBO ignores baselines
+                object.__setattr__(self, "elbo", "downstream")
+            elif self.elbo not in ("downstream", "tracegraph"):
+                raise ConfigError(f"baseline={self.baseline!r} needs elbo 'trace', "
+                                  f"'downstream' or 'tracegraph', got {self.elbo!r}")
         if self.validate not in VALIDATE:
             raise ConfigError(f"validate must be one of {list(VALIDATE)}, got {self.validate!r}")
         if self.patience is not None and self.patience < 1:
@@ -149,12 +170,19 @@ class TrainConfig:
         else:
             model = make_model(self.model, x_dim=x_dim, emission=self.emission,
                                emission_kwargs=self.emission_kwargs, **self.model_kwargs)
+        if model.has_latents and model.latent_family != "gaussian" \
+                and self.elbo in ("meanfield", "iwae"):
+            raise ConfigError(f"elbo={self.elbo!r} needs reparameterised latents; "
+                              f"{type(model).__name__}'s are {model.latent_family}: use 'trace' "
+                              "or 'tracegraph'")
         guide_name = self.guide if self.guide is not None else default_guide_name(model)
         if guide_config is not None:
             return model, _call(make_guide, "guide_config", guide_name, model, **guide_config)
         guide_kwargs = dict(self.guide_kwargs)
         if guide_name.lower() not in ("none", "empty"):
             guide_kwargs["residual"] = self.residual
+            if self.baseline != "none":
+                guide_kwargs["baseline"] = self.baseline
         elif self.residual:
             raise ConfigError("residual=True needs a latent model and a filter or smooth guide")
         return model, make_guide(guide_name, model, **guide_kwargs)

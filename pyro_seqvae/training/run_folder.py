@@ -21,7 +21,7 @@ from .checkpoint import BEST, LAST
 LOCK = ".lock"
 #: Files a run writes (removed by ``overwrite``), beside the checkpoints.
 RUN_FILE_PATTERNS = (LAST, BEST, "run.json", "metrics.jsonl", "eval_*.json", ".*.tmp",
-                     "curves.png", "tensorboard")
+                     "curves.png", "tensorboard", "samples-*")
 
 _held: dict = {}  # resolved folder -> [fd, count]: the lock is re-entrant within a process
 

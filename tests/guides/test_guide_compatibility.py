@@ -16,6 +16,9 @@ IMPOSSIBLE = [
     ("storn", "none", False, "latent sites"),
     ("srnn", "none", False, "latent sites"),
     ("dmm", "none", False, "latent sites"),
+    ("tsbn", "none", False, "latent sites"),
+    ("tsbn", "filter", True, "Res_q shifts the mean of a Gaussian guide"),
+    ("tsbn", "smooth", True, "Res_q shifts the mean of a Gaussian guide"),
 ]
 
 
