@@ -121,8 +121,8 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
     :param beta: KL weight: the incremental weight is ``log p(x_t|.) + beta * (log p(z_t|.) -
         log q(z_t|.))``, so that with ``K = 1`` this is exactly the annealed ELBO of
         ``Trace_ELBO``; ``beta = 1`` (evaluation) gives the unbiased ``Z-hat``.
-    :param bool reparameterized: draw ``z_t`` with ``rsample`` (FIVO's gradient); else
-        ``sample`` (no gradient through the draws).
+    :param bool reparameterized: draw ``z_t`` with ``rsample`` (FIVO's gradient) where the
+        latent family has one; else ``sample`` (no gradient through the draws).
     :param bool nasmc: draw without gradient, detach ``log q`` in the weights (the model's
         gradient of ``log Z-hat`` with the proposal held fixed) and also return NASMC's
         proposal surrogate ``sum_t sum_k w~_t^k log q(z_t^k | .)`` with detached normalised
@@ -154,13 +154,9 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
     for t in range(T):
         pre_t, real = pre[:, t], mask[:, t]
         q_t, prior_loc = guide.proposal(carry, summary[:, t], pre_t)[:2]
-        if draw_rsample:
-            if not q_t.has_rsample:
-                raise ConfigError(f"{type(q_t).__name__} latents cannot be reparameterised: "
-                                  "train them with nasmc, not fivo")
-            z_t = q_t.rsample()
-        else:
-            z_t = q_t.sample()
+        # binary latents (TSBN) have no rsample: their draws carry no gradient (FIVO refuses
+        # to train them; see FIVO.loss_and_grads)
+        z_t = q_t.rsample() if draw_rsample and q_t.has_rsample else q_t.sample()
         log_q = q_t.log_prob(z_t)                                               # [K, B]
         log_p = model.prior(carry, pre_t, loc=prior_loc).log_prob(z_t)
         record = model.emission_input(carry, z_t).unsqueeze(-2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pyro.infer import ELBO
 
+from ..errors import ConfigError
 from .smc import RESAMPLING, check_smc_options, run_smc
 
 
@@ -66,6 +67,11 @@ class FIVO(_SMCObjective):
     """
 
     def loss_and_grads(self, model, guide, x, mask, beta=1.0):
+        family = getattr(model, "latent_family", "gaussian")
+        if family != "gaussian":
+            raise ConfigError(f"{type(model).__name__}'s {family} latents cannot be "
+                              "reparameterised, which FIVO's gradient needs: train them with "
+                              "nasmc, not fivo")
         loss = -self._run(model, guide, x, mask, beta).log_z.sum()
         loss.backward()
         return float(loss.detach())

@@ -188,6 +188,16 @@ def test_fivo_with_one_particle_is_the_single_sample_elbo(pair):
         assert fivo == pytest.approx(elbo, rel=1e-12, abs=1e-9)
 
 
+def test_fivo_refuses_to_train_binary_latents_and_nasmc_trains_them():
+    model, guide, x, mask = double_pair(("tsbn", "filter", False))
+    with pytest.raises(ConfigError, match="train them with nasmc, not fivo"):
+        make_elbo("fivo", num_particles=4).loss_and_grads(model, guide, x, mask)
+    assert all(p.grad is None for p in model.parameters())  # refused before any gradient
+    make_elbo("nasmc", num_particles=4).loss_and_grads(model, guide, x, mask)
+    grads = [p.grad for p in (*model.parameters(), *guide.parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize("pair", LATENT_PAIRS, ids=pair_id)
 def test_smc_without_resampling_is_importance_sampling(pair):
     model, guide, x, mask = double_pair(pair)
