@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-output-bias", action=argparse.BooleanOptionalAction, default=True,
                    help="start a Bernoulli decoder's output bias at the data's key log-odds; "
                         "without it samples collapse into half the keyboard (default: on)")
+    t.add_argument("--input-dropout", type=float, default=None,
+                   help="rnn, srnn: in training steps drop each fed-back note u_t = x_{t-1} with "
+                        "this probability (default: 0)")
+    t.add_argument("--input-flip", type=float, default=None,
+                   help="rnn, srnn: in training steps flip each key of u_t = x_{t-1} with this "
+                        "probability, so that sampled chords do not derail the model (default: "
+                        f"{defaults.input_flip:g}; 0: off)")
     t.add_argument("--out", default=None,
                    help="run folder; refused if it already holds files, unless --resume or "
                         "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
@@ -326,6 +333,13 @@ def _train(args, parallel) -> int:
         model_kwargs = {k: v for k, v in explicit.items() if k == "z_dim"}
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
+    for option in ("input_dropout", "input_flip"):
+        if getattr(args, option) is not None and args.model.lower() not in ("rnn", "srnn"):
+            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn and srnn only "
+                              "(the models with an input u_t = x_{t-1})")
+    if args.input_dropout is not None:
+        model_kwargs["input_dropout"] = args.input_dropout
+    feedback = {} if args.input_flip is None else {"input_flip": args.input_flip}
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)
@@ -352,7 +366,7 @@ def _train(args, parallel) -> int:
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
-        init_output_bias=args.init_output_bias)
+        init_output_bias=args.init_output_bias, **feedback)
     check_train_args(args, config)
     if args.tensorboard:
         from .training.reporting import tensorboard_writer_class

@@ -9,7 +9,8 @@ from ..errors import ConfigError
 from ..guides import default_guide_name, make_guide
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import ELBOS
-from ..models import make_model
+from ..models import MODELS, make_model
+from ..models.feedback_noise import DEFAULT_INPUT_FLIP, FeedbackNoise, check_rate
 
 #: The SRNN paper's KL-annealing increment per update (sec. 5).
 PAPER_BETA_INCREMENT = 3e-4
@@ -73,6 +74,11 @@ class TrainConfig:
     :param bool init_output_bias: start a Bernoulli decoder's output bias at the training
         data's key log-odds (:func:`~pyro_seqvae.models.output_init.init_output_bias`); without
         it free-running samples collapse into half the keyboard (issue 12).
+    :param float input_flip: models with the input ``u_t = x_{t-1}`` (``rnn``, ``srnn``): in
+        training steps flip each key of ``u_t`` with this probability
+        (:mod:`~pyro_seqvae.models.feedback_noise`), so that sampled chords do not derail the
+        recurrent state (issue 12); ``model_kwargs["input_flip"]`` overrides it, other models
+        ignore it, and a checkpoint keeps the value it was trained with (0 before).
     """
 
     data: str = "jsb"
@@ -103,6 +109,7 @@ class TrainConfig:
     transpose: int = 0
     limit: int | None = None
     init_output_bias: bool = True
+    input_flip: float = DEFAULT_INPUT_FLIP
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_particles"):
@@ -123,6 +130,7 @@ class TrainConfig:
             raise ConfigError(f"patience must be a positive integer, got {self.patience!r}")
         if self.transpose < 0:
             raise ConfigError(f"transpose must be >= 0, got {self.transpose!r}")
+        check_rate("input_flip", self.input_flip)
         if self.elbo == "jit" and self.pad_to_multiple is None:
             object.__setattr__(self, "pad_to_multiple", JIT_PAD_MULTIPLE)
 
@@ -147,8 +155,11 @@ class TrainConfig:
                                   f"has width {x_dim}")
             model = _call(make_model, "model_config", self.model, x_dim=x_dim, **stored)
         else:
+            model_kwargs = dict(self.model_kwargs)
+            if issubclass(MODELS.get(self.model.lower(), object), FeedbackNoise):
+                model_kwargs.setdefault("input_flip", self.input_flip)
             model = make_model(self.model, x_dim=x_dim, emission=self.emission,
-                               emission_kwargs=self.emission_kwargs, **self.model_kwargs)
+                               emission_kwargs=self.emission_kwargs, **model_kwargs)
         guide_name = self.guide if self.guide is not None else default_guide_name(model)
         if guide_config is not None:
             return model, _call(make_guide, "guide_config", guide_name, model, **guide_config)
