@@ -16,7 +16,7 @@ from ..errors import ConfigError
 
 #: The training runs' default ``input_flip`` (:class:`~pyro_seqvae.training.TrainConfig`); the
 #: models themselves default to 0, so a bare model is exactly the model it defines.
-DEFAULT_INPUT_FLIP = 0.03
+DEFAULT_INPUT_FLIP = 0.02
 
 
 def check_rate(name: str, value) -> float:

@@ -87,9 +87,9 @@ def test_train_config_default_and_checkpoints_keep_their_value():
     pyro.clear_param_store()
     srnn, _ = TrainConfig(model="srnn", model_kwargs=MODEL_KWARGS["srnn"],
                           guide_kwargs={"hidden_dim": 7, "summary_dim": 5}).build(X_DIM)
-    assert srnn.input_flip == TrainConfig().input_flip == 0.03 and srnn.input_dropout == 0.0
+    assert srnn.input_flip == TrainConfig().input_flip == 0.02 and srnn.input_dropout == 0.0
     rnn, _ = TrainConfig(model="rnn", model_kwargs={**MODEL_KWARGS["rnn"], "input_flip": 0.1},
-                         input_flip=0.02).build(X_DIM)
+                         input_flip=0.05).build(X_DIM)
     assert rnn.input_flip == 0.1  # an explicit model option wins
     vrnn, _ = TrainConfig(model="vrnn", model_kwargs=MODEL_KWARGS["vrnn"]).build(X_DIM)
     assert "input_flip" not in vrnn.config()  # no x_{t-1} input: nothing to corrupt
