@@ -145,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a Bernoulli decoder's output bias at the data's key log-odds; "
                         "without it samples collapse into half the keyboard (default: on)")
     t.add_argument("--input-dropout", type=float, default=None,
-                   help="rnn, srnn: in training steps drop each fed-back note u_t = x_{t-1} with "
-                        "this probability (default: 0)")
+                   help="rnn, srnn, vrnn, storn: in training steps drop each fed-back note "
+                        "(u_t = x_{t-1}; VRNN/STORN: x_t into the recurrence) with this "
+                        "probability (default: 0)")
     t.add_argument("--input-flip", type=float, default=None,
-                   help="rnn, srnn: in training steps flip each key of u_t = x_{t-1} with this "
-                        "probability, so that sampled chords do not derail the model (default: "
-                        f"{defaults.input_flip:g}; 0: off)")
+                   help="in training steps flip each fed-back key (u_t = x_{t-1}; VRNN/STORN: "
+                        "x_t into the recurrence) with this probability, so that sampled chords "
+                        f"do not derail the model (default: {defaults.input_flip:g} for rnn and "
+                        "srnn, 0 for vrnn and storn)")
     t.add_argument("--out", default=None,
                    help="run folder; refused if it already holds files, unless --resume or "
                         "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
@@ -334,12 +336,14 @@ def _train(args, parallel) -> int:
         if args.hidden_dim is not None:
             model_kwargs.update(transition_dim=args.hidden_dim, emission_dim=args.hidden_dim)
     for option in ("input_dropout", "input_flip"):
-        if getattr(args, option) is not None and args.model.lower() not in ("rnn", "srnn"):
-            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn and srnn only "
-                              "(the models with an input u_t = x_{t-1})")
+        if getattr(args, option) is not None and args.model.lower() == "dmm":
+            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn, srnn, vrnn and "
+                              "storn (the DMM does not read its notes back)")
     if args.input_dropout is not None:
         model_kwargs["input_dropout"] = args.input_dropout
     feedback = {} if args.input_flip is None else {"input_flip": args.input_flip}
+    if args.input_flip is not None and args.model.lower() in ("vrnn", "storn"):
+        model_kwargs["input_flip"] = args.input_flip
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)

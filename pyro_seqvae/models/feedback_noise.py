@@ -17,6 +17,9 @@ from ..errors import ConfigError
 #: The training runs' default ``input_flip`` (:class:`~pyro_seqvae.training.TrainConfig`); the
 #: models themselves default to 0, so a bare model is exactly the model it defines.
 DEFAULT_INPUT_FLIP = 0.02
+#: The models that get :data:`DEFAULT_INPUT_FLIP` in a training run (measured, README issue 12);
+#: VRNN and STORN take the option (on the ``x_t`` entering their recurrence) only when asked.
+DEFAULT_INPUT_FLIP_MODELS = ("rnn", "srnn")
 
 
 def check_rate(name: str, value) -> float:
@@ -47,7 +50,7 @@ def corrupt_feedback(u: torch.Tensor, *, dropout: float = 0.0, flip: float = 0.0
 
 
 class FeedbackNoise:
-    """Mixin of the models with an ``x_{t-1}`` input: ``input_dropout`` and ``input_flip``.
+    """Mixin of the models that read their own notes back: ``input_dropout``, ``input_flip``.
 
     The noise is applied only while the module is in training mode *and* gradients are on (an
     SVI step); evaluation, validation (``model.eval()``) and sampling (``torch.no_grad``) see
@@ -68,4 +71,5 @@ class FeedbackNoise:
         return u
 
 
-__all__ = ["DEFAULT_INPUT_FLIP", "FeedbackNoise", "check_rate", "corrupt_feedback"]
+__all__ = ["DEFAULT_INPUT_FLIP", "DEFAULT_INPUT_FLIP_MODELS", "FeedbackNoise", "check_rate",
+           "corrupt_feedback"]

@@ -9,8 +9,8 @@ from ..errors import ConfigError
 from ..guides import default_guide_name, make_guide
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import ELBOS
-from ..models import MODELS, make_model
-from ..models.feedback_noise import DEFAULT_INPUT_FLIP, FeedbackNoise, check_rate
+from ..models import make_model
+from ..models.feedback_noise import DEFAULT_INPUT_FLIP, DEFAULT_INPUT_FLIP_MODELS, check_rate
 
 #: The SRNN paper's KL-annealing increment per update (sec. 5).
 PAPER_BETA_INCREMENT = 3e-4
@@ -77,8 +77,9 @@ class TrainConfig:
     :param float input_flip: models with the input ``u_t = x_{t-1}`` (``rnn``, ``srnn``): in
         training steps flip each key of ``u_t`` with this probability
         (:mod:`~pyro_seqvae.models.feedback_noise`), so that sampled chords do not derail the
-        recurrent state (issue 12); ``model_kwargs["input_flip"]`` overrides it, other models
-        ignore it, and a checkpoint keeps the value it was trained with (0 before).
+        recurrent state (issue 12); ``model_kwargs["input_flip"]`` overrides it (and sets it
+        for ``vrnn``/``storn``), other models ignore it, and a checkpoint keeps the value it was
+        trained with (0 before).
     """
 
     data: str = "jsb"
@@ -156,7 +157,7 @@ class TrainConfig:
             model = _call(make_model, "model_config", self.model, x_dim=x_dim, **stored)
         else:
             model_kwargs = dict(self.model_kwargs)
-            if issubclass(MODELS.get(self.model.lower(), object), FeedbackNoise):
+            if self.model.lower() in DEFAULT_INPUT_FLIP_MODELS:
                 model_kwargs.setdefault("input_flip", self.input_flip)
             model = make_model(self.model, x_dim=x_dim, emission=self.emission,
                                emission_kwargs=self.emission_kwargs, **model_kwargs)

@@ -36,7 +36,7 @@ def _log_p_x(model, x, mask, guide=None):
     return tr.nodes["x"]["fn"].log_prob(x).sum()
 
 
-@pytest.mark.parametrize("name", ["rnn", "srnn"])
+@pytest.mark.parametrize("name", ["rnn", "srnn", "vrnn", "storn"])
 def test_noise_only_in_training_steps(name):
     pyro.clear_param_store()
     torch.manual_seed(1)
@@ -44,7 +44,7 @@ def test_noise_only_in_training_steps(name):
                        **MODEL_KWARGS[name])
     clean = make_model(name, x_dim=X_DIM, name="clean", **MODEL_KWARGS[name])
     clean.load_state_dict(noisy.state_dict())
-    guide = make_guide("smooth", noisy, hidden_dim=7, summary_dim=5) if name == "srnn" else None
+    guide = make_guide("smooth", noisy, hidden_dim=7, summary_dim=5) if name != "rnn" else None
     x, mask = tiny_batch(B=3, T=7, lengths=[7, 5, 2])
     assert noisy.config()["input_dropout"] == 0.3 and noisy.config()["input_flip"] == 0.2
     if name == "rnn":
@@ -92,7 +92,9 @@ def test_train_config_default_and_checkpoints_keep_their_value():
                          input_flip=0.05).build(X_DIM)
     assert rnn.input_flip == 0.1  # an explicit model option wins
     vrnn, _ = TrainConfig(model="vrnn", model_kwargs=MODEL_KWARGS["vrnn"]).build(X_DIM)
-    assert "input_flip" not in vrnn.config()  # no x_{t-1} input: nothing to corrupt
+    assert vrnn.input_flip == 0.0  # takes the option, but not measured: no default
+    dmm, _ = TrainConfig(model="dmm", model_kwargs=MODEL_KWARGS["dmm"]).build(X_DIM)
+    assert "input_flip" not in dmm.config()  # reads no notes back: nothing to corrupt
     # a checkpoint from before the option stored no input_flip: it is rebuilt without noise
     stored = {k: v for k, v in srnn.config().items() if k not in ("input_flip", "input_dropout")}
     pyro.clear_param_store()
