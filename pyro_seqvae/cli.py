@@ -151,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input-flip", type=float, default=None,
                    help="in training steps flip each fed-back key (u_t = x_{t-1}; VRNN/STORN: "
                         "x_t into the recurrence) with this probability, so that sampled chords "
-                        f"do not derail the model (default: {defaults.input_flip:g} for rnn and "
-                        "srnn, 0 for vrnn and storn)")
+                        f"do not derail the model (default: {defaults.input_flip:g}; 0: off)")
     t.add_argument("--out", default=None,
                    help="run folder; refused if it already holds files, unless --resume or "
                         "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
@@ -342,8 +341,6 @@ def _train(args, parallel) -> int:
     if args.input_dropout is not None:
         model_kwargs["input_dropout"] = args.input_dropout
     feedback = {} if args.input_flip is None else {"input_flip": args.input_flip}
-    if args.input_flip is not None and args.model.lower() in ("vrnn", "storn"):
-        model_kwargs["input_flip"] = args.input_flip
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)

@@ -17,9 +17,9 @@ from ..errors import ConfigError
 #: The training runs' default ``input_flip`` (:class:`~pyro_seqvae.training.TrainConfig`); the
 #: models themselves default to 0, so a bare model is exactly the model it defines.
 DEFAULT_INPUT_FLIP = 0.02
-#: The models that get :data:`DEFAULT_INPUT_FLIP` in a training run (measured, README issue 12);
-#: VRNN and STORN take the option (on the ``x_t`` entering their recurrence) only when asked.
-DEFAULT_INPUT_FLIP_MODELS = ("rnn", "srnn")
+#: The models that get :data:`DEFAULT_INPUT_FLIP` in a training run (measured, README issue 12):
+#: every model that reads its notes back (VRNN and STORN: the ``x_t`` entering ``phi_x``).
+DEFAULT_INPUT_FLIP_MODELS = ("rnn", "srnn", "vrnn", "storn")
 
 
 def check_rate(name: str, value) -> float:

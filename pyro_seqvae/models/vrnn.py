@@ -32,7 +32,8 @@ class VRNN(FeedbackNoise, LatentSequenceModel):
         ``None``: no clamp).
     :param float input_dropout: in training steps, drop each key of the ``x_t`` that enters
         ``phi_x`` (the recurrence and the guide's features; not the observed ``x_t``) with this
-        probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0).
+        probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0; training runs:
+        ``TrainConfig.input_flip``).
     :param float input_flip: in training steps, flip each such key with this probability
         (default 0).
 

@@ -92,7 +92,7 @@ def test_train_config_default_and_checkpoints_keep_their_value():
                          input_flip=0.05).build(X_DIM)
     assert rnn.input_flip == 0.1  # an explicit model option wins
     vrnn, _ = TrainConfig(model="vrnn", model_kwargs=MODEL_KWARGS["vrnn"]).build(X_DIM)
-    assert vrnn.input_flip == 0.0  # takes the option, but not measured: no default
+    assert vrnn.input_flip == 0.02  # reads x_t back through phi_x
     dmm, _ = TrainConfig(model="dmm", model_kwargs=MODEL_KWARGS["dmm"]).build(X_DIM)
     assert "input_flip" not in dmm.config()  # reads no notes back: nothing to corrupt
     # a checkpoint from before the option stored no input_flip: it is rebuilt without noise
