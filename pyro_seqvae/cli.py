@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-output-bias", action=argparse.BooleanOptionalAction, default=True,
                    help="start a Bernoulli decoder's output bias at the data's key log-odds; "
                         "without it samples collapse into half the keyboard (default: on)")
+    t.add_argument("--input-dropout", type=float, default=None,
+                   help="rnn, srnn, vrnn, storn: in training steps drop each fed-back note "
+                        "(u_t = x_{t-1}; VRNN/STORN: x_t into the recurrence) with this "
+                        "probability (default: 0)")
+    t.add_argument("--input-flip", type=float, default=None,
+                   help="in training steps flip each fed-back key (u_t = x_{t-1}; VRNN/STORN: "
+                        "x_t into the recurrence) with this probability, so that sampled chords "
+                        f"do not derail the model (default: {defaults.input_flip:g}; 0: off)")
     t.add_argument("--out", default=None,
                    help="run folder; refused if it already holds files, unless --resume or "
                         "--overwrite (default: runs/<model>-<guide>[-res]-<data>[-limit<N>]"
@@ -344,6 +352,15 @@ def _train(args, parallel) -> int:
             model_kwargs["layers"] = args.layers
     elif args.layers is not None:
         raise ConfigError("--layers applies to tsbn only")
+    for option in ("input_dropout", "input_flip"):
+        if getattr(args, option) is not None and \
+                args.model.lower() not in ("rnn", "srnn", "vrnn", "storn"):
+            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn, srnn, vrnn and "
+                              f"storn (the models that read their notes back), not "
+                              f"{args.model.lower()}")
+    if args.input_dropout is not None:
+        model_kwargs["input_dropout"] = args.input_dropout
+    feedback = {} if args.input_flip is None else {"input_flip": args.input_flip}
     guide_kwargs = {}
     if guide not in ("none", "empty"):
         guide_kwargs.update(network)
@@ -382,7 +399,7 @@ def _train(args, parallel) -> int:
         baseline=args.baseline,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
-        init_output_bias=args.init_output_bias)
+        init_output_bias=args.init_output_bias, **feedback)
     check_train_args(args, config)
     if args.tensorboard:
         from .training.reporting import tensorboard_writer_class

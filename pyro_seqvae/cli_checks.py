@@ -199,11 +199,12 @@ def check_sample_args(args) -> None:
     if not args.step_seconds > 0 or not math.isfinite(args.step_seconds):
         raise ConfigError(f"--step-seconds must be a positive number, got {args.step_seconds}")
     find_checkpoint(args.run)
-    if args.out is not None:  # the default, a new folder inside the run, is checked in place
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out}: not writable (a file is in the way of the folder)")
-        check_can_write(out, f"--out {out}")
+    if args.out is None:  # the default folder inside the run is checked once it is named
+        return
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: not writable (a file is in the way of the folder)")
+    check_can_write(out, f"--out {out}")
 
 
 def check_sample_size(num: int, steps: int, x_dim: int) -> None:

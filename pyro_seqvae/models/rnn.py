@@ -16,9 +16,10 @@ from ..layers import (
     shift_right,
 )
 from .base import SequenceModel, _as_beta
+from .feedback_noise import FeedbackNoise
 
 
-class RNN(SequenceModel):
+class RNN(FeedbackNoise, SequenceModel):
     """``h_t = f(h_{t-1}, u_t)`` with ``u_t = x_{t-1}``; ``p(x_t | x_<t) = Emission(MLP(h_t))``.
 
     ``log p(x)`` is exact (:meth:`log_likelihood`); as a Pyro model it has one observed site
@@ -32,12 +33,18 @@ class RNN(SequenceModel):
     :param str activation: hidden activation (default ``leaky_relu``, slope 1/3: SRNN A.1-A.2).
     :param float clip: clamp hidden activations to ``[-clip, clip]`` (default 3, SRNN A.1-A.2;
         ``None``: no clamp).
+    :param float input_dropout: in training steps, drop each key of ``u_t`` with this
+        probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0).
+    :param float input_flip: in training steps, flip each key of ``u_t`` with this
+        probability (default 0).
     """
 
     def __init__(self, x_dim=88, *, rnn_dim=300, hidden_dim=500, rnn_type="gru",
                  hidden_layers=1, activation=PAPER_ACTIVATION, clip=PAPER_CLIP,
-                 emission="bernoulli", emission_kwargs=None, name=None):
+                 emission="bernoulli", emission_kwargs=None, input_dropout=0.0, input_flip=0.0,
+                 name=None):
         super().__init__(x_dim, emission=emission, emission_kwargs=emission_kwargs, name=name)
+        self._set_feedback_noise(input_dropout, input_flip)
         hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
                                                activation, clip)
         self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
@@ -46,7 +53,10 @@ class RNN(SequenceModel):
     @pyro_method
     def predictive(self, x):
         """``p(x_t | x_<t)`` for every step: a distribution with batch ``[B, T]``, event ``[D]``."""
-        return self.emission(self.decoder(self.rnn(shift_right(x))))
+        return self._predict(shift_right(x))
+
+    def _predict(self, u):
+        return self.emission(self.decoder(self.rnn(u)))
 
     def forward(self, x, mask, beta=1.0):
         """The Pyro model: one observed site ``x`` (batch ``[B]``, event ``[T, D]``), masked."""
@@ -54,7 +64,8 @@ class RNN(SequenceModel):
         _as_beta(beta, x)  # no latents to weight, but a negative or NaN beta is still refused
         register_params(self)
         with pyro.plate("sequences", x.shape[0], dim=-1):
-            pyro.sample("x", self.predictive(x).mask(mask).to_event(1), obs=x)
+            predictive = self._predict(self.feedback(shift_right(x)))
+            pyro.sample("x", predictive.mask(mask).to_event(1), obs=x)
 
     def log_likelihood(self, x, mask):
         """Exact ``log p(x)`` per sequence: ``sum_t mask_t log p(x_t | x_<t)``, shape ``[B]``."""

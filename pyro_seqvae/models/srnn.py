@@ -14,9 +14,10 @@ from ..layers import (
     shift_right,
 )
 from .base import Carry, LatentSequenceModel, gaussian
+from .feedback_noise import FeedbackNoise
 
 
-class SRNN(LatentSequenceModel):
+class SRNN(FeedbackNoise, LatentSequenceModel):
     """The stochastic recurrent neural network.
 
     - ``d_t = GRU(d_{t-1}, u_t)`` with ``u_t = x_{t-1}``: one fused RNN call (SRNN eq. 2);
@@ -33,6 +34,10 @@ class SRNN(LatentSequenceModel):
     :param str activation: hidden activation (default ``leaky_relu``, slope 1/3: SRNN A.1-A.2).
     :param float clip: clamp hidden activations to ``[-clip, clip]`` (default 3, SRNN A.1-A.2;
         ``None``: no clamp).
+    :param float input_dropout: in training steps, drop each key of ``u_t`` with this
+        probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0).
+    :param float input_flip: in training steps, flip each key of ``u_t`` with this
+        probability (default 0).
 
     Example::
 
@@ -42,9 +47,11 @@ class SRNN(LatentSequenceModel):
 
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
                  hidden_layers=1, activation=PAPER_ACTIVATION, clip=PAPER_CLIP,
-                 emission="bernoulli", emission_kwargs=None, name=None):
+                 emission="bernoulli", emission_kwargs=None, input_dropout=0.0, input_flip=0.0,
+                 name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
                          name=name)
+        self._set_feedback_noise(input_dropout, input_flip)
         hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
                                                activation, clip)
         self.rnn = SequenceRNN(x_dim, rnn_dim, rnn_type)
@@ -61,7 +68,7 @@ class SRNN(LatentSequenceModel):
 
     @pyro_method
     def precompute(self, x, mask):
-        return self.rnn(shift_right(x))
+        return self.rnn(self.feedback(shift_right(x)))
 
     def initial_carry(self, x):
         return Carry(z=x.new_zeros(x.shape[0], self.z_dim))

@@ -7,9 +7,10 @@ from pyro.nn import pyro_method
 
 from ..layers import MLP, PAPER_ACTIVATION, PAPER_CLIP, GaussianHead, RecurrentCell, broadcast_cat
 from .base import Carry, LatentSequenceModel, gaussian
+from .feedback_noise import FeedbackNoise
 
 
-class VRNN(LatentSequenceModel):
+class VRNN(FeedbackNoise, LatentSequenceModel):
     """The variational recurrent neural network.
 
     - features ``phi_x(x_t)``, ``phi_z(z_t)``: one layer of ``hidden_dim`` units each;
@@ -29,6 +30,12 @@ class VRNN(LatentSequenceModel):
     :param str activation: hidden activation (default ``leaky_relu``, slope 1/3: SRNN A.1-A.2).
     :param float clip: clamp hidden activations to ``[-clip, clip]`` (default 3, SRNN A.1-A.2;
         ``None``: no clamp).
+    :param float input_dropout: in training steps, drop each key of the ``x_t`` that enters
+        ``phi_x`` (the recurrence and the guide's features; not the observed ``x_t``) with this
+        probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0; training runs:
+        ``TrainConfig.input_flip``).
+    :param float input_flip: in training steps, flip each such key with this probability
+        (default 0).
 
     Example::
 
@@ -43,9 +50,11 @@ class VRNN(LatentSequenceModel):
 
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
                  hidden_layers=1, activation=PAPER_ACTIVATION, clip=PAPER_CLIP,
-                 emission="bernoulli", emission_kwargs=None, name=None):
+                 emission="bernoulli", emission_kwargs=None, input_dropout=0.0, input_flip=0.0,
+                 name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
                          name=name)
+        self._set_feedback_noise(input_dropout, input_flip)
         hidden, nn_kw = self._network_settings(rnn_dim, hidden_dim, rnn_type, hidden_layers,
                                                activation, clip)
         self.phi_x = MLP(x_dim, hidden, **nn_kw)
@@ -74,7 +83,7 @@ class VRNN(LatentSequenceModel):
 
     @pyro_method
     def precompute(self, x, mask):
-        return self.phi_x(x)
+        return self.phi_x(self.feedback(x))
 
     def initial_carry(self, x):
         return Carry(z=x.new_zeros(x.shape[0], self.z_dim),

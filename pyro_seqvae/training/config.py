@@ -11,6 +11,7 @@ from ..guides.baselines import BASELINES
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import ELBOS
 from ..models import make_model
+from ..models.feedback_noise import DEFAULT_INPUT_FLIP, DEFAULT_INPUT_FLIP_MODELS, check_rate
 
 #: The SRNN paper's KL-annealing increment per update (sec. 5).
 PAPER_BETA_INCREMENT = 3e-4
@@ -79,6 +80,13 @@ class TrainConfig:
     :param bool init_output_bias: start a Bernoulli decoder's output bias at the training
         data's key log-odds (:func:`~pyro_seqvae.models.output_init.init_output_bias`); without
         it free-running samples collapse into half the keyboard (issue 12).
+    :param float input_flip: models that read their notes back (``rnn``, ``srnn``: ``u_t =
+        x_{t-1}``; ``vrnn``, ``storn``: the ``x_t`` into ``phi_x``): in training steps flip each
+        key of that input with this probability
+        (:mod:`~pyro_seqvae.models.feedback_noise`), so that sampled chords do not derail the
+        recurrent state (issue 12); ``model_kwargs["input_flip"]`` overrides it, the DMM
+        ignores it, and a checkpoint keeps the value it was
+        trained with (0 before).
     """
 
     data: str = "jsb"
@@ -110,6 +118,7 @@ class TrainConfig:
     transpose: int = 0
     limit: int | None = None
     init_output_bias: bool = True
+    input_flip: float = DEFAULT_INPUT_FLIP
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_particles"):
@@ -144,6 +153,7 @@ class TrainConfig:
             raise ConfigError(f"patience must be a positive integer, got {self.patience!r}")
         if self.transpose < 0:
             raise ConfigError(f"transpose must be >= 0, got {self.transpose!r}")
+        check_rate("input_flip", self.input_flip)
         if self.elbo == "jit" and self.pad_to_multiple is None:
             object.__setattr__(self, "pad_to_multiple", JIT_PAD_MULTIPLE)
 
@@ -168,8 +178,11 @@ class TrainConfig:
                                   f"has width {x_dim}")
             model = _call(make_model, "model_config", self.model, x_dim=x_dim, **stored)
         else:
+            model_kwargs = dict(self.model_kwargs)
+            if self.model.lower() in DEFAULT_INPUT_FLIP_MODELS:
+                model_kwargs.setdefault("input_flip", self.input_flip)
             model = make_model(self.model, x_dim=x_dim, emission=self.emission,
-                               emission_kwargs=self.emission_kwargs, **self.model_kwargs)
+                               emission_kwargs=self.emission_kwargs, **model_kwargs)
         if model.has_latents and model.latent_family != "gaussian" \
                 and self.elbo in ("meanfield", "iwae"):
             raise ConfigError(f"elbo={self.elbo!r} needs reparameterised latents; "
