@@ -216,17 +216,21 @@ class LatentSequenceModel(SequenceModel):
 
     @property
     def context_dim(self) -> int:
-        """``C``, the width of :meth:`context`'s output."""
-        raise NotImplementedError
+        """``C``, the width of :meth:`context`'s output (default ``Z``: the context is
+        ``z_{t-1}``, as in the state-space models SRNN, DMM and TSBN)."""
+        return self.z_dim
 
     def precompute(self, x, mask):
         raise NotImplementedError
 
     def initial_carry(self, x) -> Carry:
-        raise NotImplementedError
+        """``Carry(z=z_0)`` with ``z_0 = 0`` ``[B, Z]`` (SRNN A.2; the DMM learns its ``z_0``)."""
+        return Carry(z=x.new_zeros(x.shape[0], self.z_dim))
 
     def context(self, carry: Carry, pre_t):
-        raise NotImplementedError
+        """What a guide conditions on besides its summary: ``z_{t-1}`` by default (VRNN:
+        ``h_{t-1}``)."""
+        return carry.z
 
     def prior_loc(self, carry: Carry, pre_t):
         raise NotImplementedError

@@ -87,10 +87,6 @@ class DMM(LatentSequenceModel):
     def pre_dim(self):
         return 0
 
-    @property
-    def context_dim(self):
-        return self.z_dim
-
     @pyro_method
     def precompute(self, x, mask):
         return x.new_zeros(x.shape[:-1] + (0,))
@@ -98,9 +94,6 @@ class DMM(LatentSequenceModel):
     @pyro_method
     def initial_carry(self, x):
         return Carry(z=self.z_0.expand(x.shape[0], self.z_dim))
-
-    def context(self, carry, pre_t):
-        return carry.z
 
     @pyro_method
     def prior_loc(self, carry, pre_t):

@@ -13,7 +13,7 @@ from ..layers import (
     broadcast_cat,
     shift_right,
 )
-from .base import Carry, LatentSequenceModel, gaussian
+from .base import LatentSequenceModel, gaussian
 from .feedback_noise import FeedbackNoise
 
 
@@ -62,19 +62,9 @@ class SRNN(FeedbackNoise, LatentSequenceModel):
     def pre_dim(self):
         return self.rnn_dim
 
-    @property
-    def context_dim(self):
-        return self.z_dim
-
     @pyro_method
     def precompute(self, x, mask):
         return self.rnn(self.feedback(shift_right(x)))
-
-    def initial_carry(self, x):
-        return Carry(z=x.new_zeros(x.shape[0], self.z_dim))
-
-    def context(self, carry, pre_t):
-        return carry.z
 
     @pyro_method
     def prior_loc(self, carry, pre_t):

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError, IncompatibleGuideError
 from ..layers import check_positive_int, shift_right
-from .base import Carry, LatentSequenceModel
+from .base import LatentSequenceModel
 
 
 class TSBN(LatentSequenceModel):
@@ -71,10 +71,6 @@ class TSBN(LatentSequenceModel):
         return self.x_dim + self.z_dim
 
     @property
-    def context_dim(self):
-        return self.z_dim
-
-    @property
     def guide_feature_dim(self):
         return 2 * self.x_dim
 
@@ -87,12 +83,6 @@ class TSBN(LatentSequenceModel):
     def guide_features(self, x, pre):
         """``[x_{t-1}, x_t]``: ``[B, T, 2D]``, what a guide reads besides ``z_{t-1}``."""
         return torch.cat([pre[..., : self.x_dim], x], dim=-1)
-
-    def initial_carry(self, x):
-        return Carry(z=x.new_zeros(x.shape[0], self.z_dim))
-
-    def context(self, carry, pre_t):
-        return carry.z
 
     @pyro_method
     def prior_loc(self, carry, pre_t):
