@@ -22,8 +22,9 @@ from torch import nn
 
 from ..emissions import BernoulliEmission
 
-#: The names under which the models keep the network whose output feeds the emission.
-OUTPUT_NETWORKS = ("decoder", "emitter")
+#: The names under which the models keep the network whose output feeds the emission: an MLP
+#: (``decoder``, ``emitter``) or a plain linear layer (TSBN's ``decoder_z``, ``W2 z_t + c``).
+OUTPUT_NETWORKS = ("decoder", "emitter", "decoder_z")
 
 
 def emission_output_layer(model) -> nn.Linear | None:
@@ -33,7 +34,7 @@ def emission_output_layer(model) -> nn.Linear | None:
     """
     for name in OUTPUT_NETWORKS:
         net = getattr(model, name, None)
-        layers = getattr(net, "layers", None)
+        layers = [net] if isinstance(net, nn.Linear) else getattr(net, "layers", None)
         if layers is not None and len(layers) and isinstance(layers[-1], nn.Linear) \
                 and layers[-1].out_features == model.emission.param_dim:
             return layers[-1]

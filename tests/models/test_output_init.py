@@ -33,11 +33,12 @@ def test_key_log_odds_exact():
         [math.log((c + 0.5) / (4.5 - c)) for c in counts])
 
 
-@pytest.mark.parametrize("name", ["rnn", "vrnn", "storn", "srnn", "dmm"])
+@pytest.mark.parametrize("name", ["rnn", "vrnn", "storn", "srnn", "dmm", "tsbn"])
 def test_every_model_gets_the_data_log_odds(name):
     pyro.clear_param_store()
     small = dict(z_dim=3, transition_dim=5, emission_dim=5) if name == "dmm" else \
-        dict(rnn_dim=5, hidden_dim=7) if name == "rnn" else dict(z_dim=3, rnn_dim=5, hidden_dim=7)
+        dict(rnn_dim=5, hidden_dim=7) if name == "rnn" else dict(z_dim=4) if name == "tsbn" \
+        else dict(z_dim=3, rnn_dim=5, hidden_dim=7)
     model = make_model(name, x_dim=6, **small)
     data = [torch.bernoulli(torch.full((9, 6), 0.3), generator=torch.Generator().manual_seed(1))]
     bias = init_output_bias(model, data)
