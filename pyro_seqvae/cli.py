@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gradients with downstream costs and baselines, for binary latents) "
                         "(default: meanfield; trace for tsbn)")
     t.add_argument("--baseline", choices=list(BASELINES), default="none",
-                   help="score-function baseline of binary latents (tsbn): a decaying average "
-                        "or a neural baseline (NVIL); uses --elbo downstream (default: none)")
+                   help="score-function baseline of binary latents (tsbn): a decaying average, "
+                        "a neural baseline (NVIL's network), or nvil (the network on a centred, "
+                        "variance-normalised signal); uses --elbo downstream (default: none)")
     t.add_argument("--layers", type=int, default=None,
                    help="tsbn: stacked latent layers, z-dim split evenly (default: 1)")
     t.add_argument("--guide-hidden-layers", type=int, default=None,

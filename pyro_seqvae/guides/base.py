@@ -33,6 +33,7 @@ from .baselines import (
     neural_infer,
     site_batch_shape,
 )
+from .nvil import SignalNormaliser, nvil_infer
 
 #: Sentinel of ``activation`` and ``clip``: take the guided model's setting.
 FROM_MODEL = "model"
@@ -73,8 +74,10 @@ class SequenceGuide(BlockHolder, PyroModule):
     :param clip: clamp hidden activations to ``[-clip, clip]``; ``"model"`` (the default): the
         model's own (3 for the paper's networks, None for the DMM).
     :param str baseline: variance reduction for binary latents (:mod:`.baselines`): ``none``,
-        ``decaying`` (a decaying average of the downstream cost) or ``neural`` (NVIL); read by
-        :class:`~pyro_seqvae.infer.DownstreamCostELBO` and ``TraceGraph_ELBO``.
+        ``decaying`` (a decaying average of the downstream cost) or ``neural`` (NVIL's network),
+        read by :class:`~pyro_seqvae.infer.DownstreamCostELBO` and ``TraceGraph_ELBO``; ``nvil``
+        (the network on a centred, variance-normalised signal, :mod:`.nvil`), read by
+        :class:`~pyro_seqvae.infer.DownstreamCostELBO` only.
     :param str name: root name in the param store (default: the class name).
     """
 
@@ -133,8 +136,10 @@ class SequenceGuide(BlockHolder, PyroModule):
         head, self.latent_dist = latent_family(self.model)
         in_dim = summary_dim + self.model.context_dim
         self.head = head(in_dim, self.model.z_dim, self.hidden, **self.nn_kwargs)
-        if self.baseline == "neural":  # input: the head's input and the steps left
+        if self.baseline in ("neural", "nvil"):  # input: the head's input and the steps left
             self.baseline_net = NeuralBaseline(in_dim + 1)
+        if self.baseline == "nvil":
+            self.signal_normaliser = SignalNormaliser()
 
     @property
     def hidden(self) -> list:
@@ -203,6 +208,8 @@ class SequenceGuide(BlockHolder, PyroModule):
         with pyro.plate("sequences", B, dim=-1):
             if self.baseline != "none":
                 shape, steps_left = self._baseline_setup(mask, T)
+                # k = L - t + 1 as integers, 0 on padded steps (NVIL's running means by k)
+                steps_int = (steps_left.squeeze(-1) * STEPS_SCALE).round().long() * mask
             for t in pyro.markov(range(T)):
                 pre_t = pre[:, t]
                 q_t, prior_loc, inputs = self.proposal(carry, summary[:, t], pre_t)
@@ -210,6 +217,9 @@ class SequenceGuide(BlockHolder, PyroModule):
                     states.record_prior_loc(carry, prior_loc)
                 if self.baseline == "neural":
                     infer = neural_infer(self.baseline_net, inputs, steps_left[:, t], shape)
+                elif self.baseline == "nvil":
+                    infer = nvil_infer(self.signal_normaliser, self.baseline_net, inputs,
+                                       steps_int[:, t], steps_left[:, t], shape)
                 elif self.baseline == "decaying":
                     infer = decaying_infer()
                 with poutine.scale(scale=beta):

@@ -9,7 +9,11 @@ site's ``infer={"baseline": {...}}``:
 - ``decaying``: a decaying average of the site's downstream cost (``use_decaying_avg_baseline``,
   ``baseline_beta``), kept by Pyro in the param store per site and per batch position;
 - ``neural``: NVIL's input-dependent baseline ``b(a_t, z_{t-1}, steps left)``, an MLP
-  (:class:`NeuralBaseline`) trained by Pyro on ``(cost - b)^2`` alongside the model.
+  (:class:`NeuralBaseline`) trained by Pyro on ``(cost - b)^2`` alongside the model;
+- ``nvil``: NVIL's whole recipe, the neural baseline on a signal centred by running means per
+  number of steps left and divided by a running standard deviation
+  (:mod:`pyro_seqvae.guides.nvil`; :class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`
+  only).
 
 ``Trace_ELBO`` ignores baselines; :class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`
 (the training configuration's choice when a baseline is asked for) and Pyro's
@@ -26,7 +30,7 @@ from torch import nn
 from ..layers import MLP, broadcast_cat
 
 #: Names accepted by the guides' ``baseline`` option and the CLI's ``--baseline``.
-BASELINES = ("none", "decaying", "neural")
+BASELINES = ("none", "decaying", "neural", "nvil")
 #: The decaying average's weight on its old value (Pyro's default is 0.90).
 DECAY = 0.90
 #: Prefix of the param-store entries of Pyro's decaying averages (pyro/infer/tracegraph_elbo.py).

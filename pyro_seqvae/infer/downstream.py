@@ -13,9 +13,10 @@ depending only on earlier ones (the step protocol), and ``x_s`` depends on ``z_{
 the downstream cost of ``z_t`` is the terms of ``z_t, z_{t+1}, ...`` and of ``x_t, x_{t+1},
 ...``: one reverse running sum. :class:`DownstreamCostELBO` computes it that way and applies the
 baseline each site asks for in its ``infer={"baseline": {...}}`` with Pyro's own code
-(decaying average, ``nn_baseline``, ``baseline_value``). ``TraceGraph_ELBO`` sees the one
-observation site ``x`` (event ``[T, D]``) as a whole and so counts all of ``log p(x | z)`` as
-downstream of every ``z_t``; with ``per_step_observations=False`` this estimator does the same,
+(decaying average, ``nn_baseline``, ``baseline_value``), or NVIL's normalised learning signal
+for sites marked ``infer={"nvil": ...}`` (:mod:`pyro_seqvae.guides.nvil`). ``TraceGraph_ELBO``
+sees the one observation site ``x`` (event ``[T, D]``) as a whole and so counts all of
+``log p(x | z)`` as downstream of every ``z_t``; with ``per_step_observations=False`` this estimator does the same,
 and its gradients then equal ``TraceGraph_ELBO``'s on the same samples (tested).
 """
 
@@ -83,7 +84,7 @@ class DownstreamCostELBO(Trace_ELBO):
             observed = observed + sum(s.sum(-1) for s in steps)
             steps = []
         per_step = sum(steps) if steps else None
-        downstream = observed
+        downstream, deferred = observed, []
         for index in reversed(range(len(order))):
             name = order[index]
             downstream = downstream + costs[name]
@@ -99,11 +100,21 @@ class DownstreamCostELBO(Trace_ELBO):
                     f"{tuple(score_function.shape)} but its downstream cost "
                     f"{tuple(downstream.shape)}; use TraceGraph_ELBO for such models")
             cost = downstream.detach()
+            if "nvil" in site["infer"]:  # NVIL's normalised signal: after all sites are seen
+                deferred.append((site["infer"]["nvil"], cost, score_function))
+                continue
             use_baseline, loss_term, baseline = _construct_baseline(name, site, cost)
             if use_baseline:
                 cost = cost - baseline.detach()
                 baseline_loss = baseline_loss + loss_term
             surrogate = surrogate + (score_function * cost).sum()
+        if deferred:
+            from ..guides.nvil import nvil_learning_signals
+
+            signals, loss_term = nvil_learning_signals([(opt, cost) for opt, cost, _ in deferred])
+            baseline_loss = baseline_loss + loss_term
+            for (_, _, score_function), signal in zip(deferred, signals):
+                surrogate = surrogate + (score_function * signal).sum()
         return -elbo, -surrogate + baseline_loss
 
 

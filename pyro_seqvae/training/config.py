@@ -61,9 +61,10 @@ class TrainConfig:
         ``iwae``, ``fivo`` or ``nasmc`` (SMC objectives: ``beta`` tempers the latent part of
         their weights), ``downstream`` or ``tracegraph``. ``None``: the model's default.
     :param str baseline: score-function baseline of binary latents (TSBN): ``none``,
-        ``decaying`` or ``neural`` (NVIL); ``Trace_ELBO`` ignores baselines, so with one
-        ``elbo="trace"`` becomes ``downstream`` (:class:`~pyro_seqvae.infer.downstream.
-        DownstreamCostELBO`).
+        ``decaying``, ``neural`` (NVIL's network) or ``nvil`` (NVIL's network, centring and
+        variance normalisation, :mod:`~pyro_seqvae.guides.nvil`); ``Trace_ELBO`` ignores
+        baselines, so with one ``elbo="trace"`` becomes ``downstream``
+        (:class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`; ``nvil`` needs it).
     :param str validate: Pyro's distribution and trace checks during training: ``first`` (on
         the first update of each :meth:`Trainer.fit`, which catches a badly shaped model at
         once; then off, for speed), ``always`` or ``never``. A NaN loss is caught either way.
@@ -147,6 +148,9 @@ class TrainConfig:
             elif self.elbo not in ("downstream", "tracegraph"):
                 raise ConfigError(f"baseline={self.baseline!r} needs elbo 'trace', "
                                   f"'downstream' or 'tracegraph', got {self.elbo!r}")
+            if self.baseline == "nvil" and self.elbo != "downstream":
+                raise ConfigError(f"baseline='nvil' needs elbo 'trace' or 'downstream' "
+                                  f"(TraceGraph_ELBO does not apply it), got {self.elbo!r}")
         if self.validate not in VALIDATE:
             raise ConfigError(f"validate must be one of {list(VALIDATE)}, got {self.validate!r}")
         if self.patience is not None and self.patience < 1:

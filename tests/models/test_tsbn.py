@@ -125,6 +125,35 @@ def test_score_function_gradient_matches_the_enumerated_elbo_gradient(estimator)
     assert_close(-elbo.loss(model, guide, x, mask), exact_elbo, atol=0.5)
 
 
+def test_nvil_signal_is_unbiased_up_to_its_scale():
+    """NVIL's normalised learning signal (:mod:`pyro_seqvae.guides.nvil`: centred by running
+    means per steps left and by the neural baseline, divided by ``max(1, sqrt(v))``), with its
+    statistics frozen at ``v = 9`` and arbitrary means: the model's expected gradient is the
+    enumerated ELBO gradient and the guide's is that gradient divided by 3, by the same
+    criterion as above."""
+    model, guide, x, mask = _tiny(baseline="nvil")
+    normaliser = guide.signal_normaliser
+    with torch.no_grad():
+        normaliser.mean[:T] = torch.tensor([-2.0, 5.0, 1.0])
+        normaliser.seen[:T] = True
+        normaliser.var.fill_(9.0)
+        normaliser.var_seen.fill_(True)
+    normaliser.eval()  # frozen: eval mode does not update the statistics
+    _, exact = _exact_elbo_gradient(model, guide, x, mask)
+    exact = torch.cat([g.reshape(-1) for g in exact])
+    elbo = DownstreamCostELBO(num_particles=PARTICLES, vectorize_particles=True,
+                              max_plate_nesting=1)
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(False):
+        estimates = _estimates(model, guide, x, mask, elbo, REPEATS)
+    n_model = sum(p.numel() for p in model.parameters())
+    assert float(estimates[:, n_model:].abs().max()) > 0.1  # the guide's part is not empty
+    estimates[:, n_model:] *= 3.0
+    assert _max_z_score(estimates, exact) < Z_TOL
+    assert float((estimates.mean(0) - exact).norm() / exact.norm()) < 0.1
+    assert torch.equal(normaliser.var, torch.tensor(9.0))
+
+
 @pytest.mark.parametrize("baseline", ["none", "decaying", "neural"])
 def test_downstream_cost_elbo_gives_trace_graph_elbos_gradients(baseline):
     """Same seed, same samples: the linear-time estimator equals Pyro's provenance-tracking
