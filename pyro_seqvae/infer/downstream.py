@@ -16,8 +16,9 @@ baseline each site asks for in its ``infer={"baseline": {...}}`` with Pyro's own
 (decaying average, ``nn_baseline``, ``baseline_value``), or NVIL's normalised learning signal
 for sites marked ``infer={"nvil": ...}`` (:mod:`pyro_seqvae.guides.nvil`). ``TraceGraph_ELBO``
 sees the one observation site ``x`` (event ``[T, D]``) as a whole and so counts all of
-``log p(x | z)`` as downstream of every ``z_t``; with ``per_step_observations=False`` this estimator does the same,
-and its gradients then equal ``TraceGraph_ELBO``'s on the same samples (tested).
+``log p(x | z)`` as downstream of every ``z_t``; with ``per_step_observations=False`` this
+estimator does the same, and its gradients then equal ``TraceGraph_ELBO``'s on the same samples
+(tested).
 """
 
 from __future__ import annotations
