@@ -81,6 +81,26 @@ def fit_decaying_averages(names, shape: torch.Size) -> None:
                 store[key] = old.detach().mean().expand(shape).clone()
 
 
+def decaying_average_state() -> dict:
+    """Pyro's decaying averages in the param store, ``{site name: tensor}`` (plain data).
+
+    Pyro keeps them outside any module, so a checkpoint stores them separately
+    (:class:`~pyro_seqvae.training.Trainer`) and a resumed run continues with the same baseline.
+    """
+    store = pyro.get_param_store()
+    return {key[len(_AVERAGE_PREFIX):]: store[key].detach().to("cpu", copy=True)
+            for key in store.keys() if key.startswith(_AVERAGE_PREFIX)}
+
+
+def restore_decaying_averages(state, device=None) -> None:
+    """Replace the param store's decaying averages by ``state`` (:func:`decaying_average_state`)."""
+    store = pyro.get_param_store()
+    for key in [k for k in store.keys() if k.startswith(_AVERAGE_PREFIX)]:
+        del store[key]
+    for name, value in (state or {}).items():
+        store[_AVERAGE_PREFIX + name] = value.to(device) if device is not None else value
+
+
 def decaying_infer() -> dict:
     return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": DECAY}}
 
@@ -92,5 +112,6 @@ def neural_infer(net: NeuralBaseline, inputs, steps_left, shape: torch.Size) -> 
     return {"baseline": {"nn_baseline": net, "nn_baseline_input": features}}
 
 
-__all__ = ["BASELINES", "NeuralBaseline", "decaying_infer", "fit_decaying_averages",
-           "neural_infer", "site_batch_shape"]
+__all__ = ["BASELINES", "NeuralBaseline", "decaying_average_state", "decaying_infer",
+           "fit_decaying_averages", "neural_infer", "restore_decaying_averages",
+           "site_batch_shape"]

@@ -29,6 +29,7 @@ from ..errors import (
     RunFolderError,
     SeqVAEError,
 )
+from ..guides.baselines import decaying_average_state, restore_decaying_averages
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import make_elbo
 from ..infer.evaluation import elbo_per_step
@@ -85,6 +86,12 @@ def claim_param_store(*modules):
             if (name == prefix or name.startswith(prefix + ".") or name.startswith(prefix + "$")) \
                     and id(store._params[name]) not in own:
                 del store[name]
+
+
+def _baseline_state() -> dict:
+    """Pyro's decaying-average baselines (param store, outside the modules) for a checkpoint."""
+    state = decaying_average_state()
+    return {"baseline_averages": state} if state else {}
 
 
 class Trainer:
@@ -179,7 +186,7 @@ class Trainer:
                 extra={**self.data_info, "kl_schedule": {"beta_start": self.schedule.start,
                                                          "beta_increment": self.schedule.increment},
                        "divergence_reference": self.divergence_reference,
-                       "session": self.session, **(extra or {})})
+                       "session": self.session, **_baseline_state(), **(extra or {})})
         except OSError as exc:
             kept = (f"; the previous {name} (epoch {self.checkpoints[name]}) is unchanged"
                     if name in self.checkpoints and path.is_file() else "")
@@ -228,6 +235,8 @@ class Trainer:
         if schedule is not None:  # the run's own schedule, whatever `epochs` is now
             self.schedule = LinearKLSchedule(schedule["beta_start"], schedule["beta_increment"])
         self.divergence_reference = extra.get("divergence_reference")
+        if self.config.baseline == "decaying":  # Pyro keeps these averages in the param store
+            restore_decaying_averages(extra.get("baseline_averages"), self.device)
         self.session = int(extra.get("session", 1)) + 1
         name = Path(payload["path"]).name
         self.checkpoints = {name: self.epoch}

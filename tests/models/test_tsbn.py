@@ -400,3 +400,46 @@ def test_command_line_trains_evaluates_and_samples_a_deep_tsbn(tmp_path):
     status, _, stderr = run_cli("train", "--data", data, "--model", "srnn", "--layers", 2,
                                 "--epochs", 1, "--quiet", "--out", tmp_path / "srnn")
     assert status == 1 and "--layers applies to tsbn only" in stderr
+
+
+@pytest.mark.parametrize("baseline", ["decaying", "nvil"])
+def test_resume_continues_the_baselines_state_exactly(tmp_path, baseline):
+    """A run of 1 epoch resumed to 2 ends with the weights of an uninterrupted 2-epoch run:
+    the checkpoint holds Pyro's decaying averages (param store) and NVIL's running statistics
+    (guide buffers). Without them the resumed run restarts its baseline from zero."""
+    from pyro_seqvae.data import Splits
+    from pyro_seqvae.training import LAST, Trainer, load_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    splits = Splits.from_lists(
+        {name: [(torch.rand(T, 88, generator=g) < 0.1).float() for T in lens]
+         for name, lens in {"train": [5, 7, 9, 6], "valid": [5], "test": [6]}.items()},
+        source="synthetic")
+
+    def run(epochs, out, resume=None):
+        pyro.clear_param_store()
+        config = TrainConfig(data="synthetic", model="tsbn", model_kwargs={"z_dim": 4},
+                             baseline=baseline, epochs=epochs, batch_size=2, beta_start=1.0,
+                             seed=0, lr=1e-2)
+        pyro.set_rng_seed(config.seed)
+        model, guide = config.build(88)
+        trainer = Trainer(model, guide, config, out_dir=out, progress=False)
+        trainer.fit(splits, resume=resume)
+        state = {**{f"m.{k}": v.clone() for k, v in model.state_dict().items()},
+                 **{f"g.{k}": v.clone() for k, v in guide.state_dict().items()}}
+        store = pyro.get_param_store()
+        averages = {k: store[k].detach().clone() for k in store.keys() if "baseline_avg" in k}
+        return state, averages
+
+    full, full_averages = run(2, tmp_path / "a")
+    run(1, tmp_path / "b")
+    saved = load_checkpoint(tmp_path / "b" / LAST)["extra"].get("baseline_averages", {})
+    assert bool(saved) == (baseline == "decaying")
+    resumed, resumed_averages = run(2, tmp_path / "b", resume=tmp_path / "b" / LAST)
+    assert resumed.keys() == full.keys()
+    for key in full:
+        assert_close(resumed[key], full[key], atol=1e-6)
+    assert resumed_averages.keys() == full_averages.keys()
+    assert len(full_averages) == (9 if baseline == "decaying" else 0)  # z_1 .. z_9
+    for key in full_averages:
+        assert_close(resumed_averages[key], full_averages[key], atol=1e-6)
