@@ -24,6 +24,7 @@ estimator does the same, and its gradients then equal ``TraceGraph_ELBO``'s on t
 from __future__ import annotations
 
 from pyro.distributions import Independent
+from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import is_identically_zero
 from pyro.infer import Trace_ELBO
 from pyro.infer.tracegraph_elbo import _construct_baseline  # Pyro's baseline options, reused
@@ -39,13 +40,39 @@ class DownstreamCostELBO(Trace_ELBO):
     except that an observation site whose event is ``[T, D]`` with one step per latent site is
     split into its steps, step ``s`` being downstream of the latents ``1..s``.
 
+    With ``analytic_kl=True`` the latent terms of each step are replaced by their conditional
+    expectation given the earlier samples, the analytic ``KL(q(z_t | .) || p(z_t | .))`` (for
+    binary latents a sum over units, as ``TraceMeanField_ELBO`` does for Gaussian ones): its
+    gradient is taken directly, and the downstream cost of ``z_t`` becomes
+    ``sum_{s >= t} log p(x_s | .) - sum_{s > t} KL_s``, without the noise of sampling the units'
+    ``log q - log p`` (unbiased by the tower rule: ``KL_s`` is the expectation of
+    ``log q(z_s) - log p(z_s)`` given ``z_{<s}``). Sites without an analytic KL keep the sampled
+    terms.
+
     :param bool per_step_observations: split ``[T, D]`` observation sites into steps (True).
+    :param bool analytic_kl: use the analytic KL of each score-function site (False).
     :param kwargs: those of :class:`~pyro.infer.Trace_ELBO`.
     """
 
-    def __init__(self, *, per_step_observations: bool = True, **kwargs):
+    def __init__(self, *, per_step_observations: bool = True, analytic_kl: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.per_step_observations = per_step_observations
+        self.analytic_kl = analytic_kl
+
+    @staticmethod
+    def _step_kl(model_site, guide_site):
+        """``KL(q || p)`` of one score-function latent site, ``[..., B]``, scaled, or None."""
+        if guide_site["fn"].has_rsample:
+            return None
+        try:
+            kl = kl_divergence(guide_site["fn"], model_site["fn"])
+        except NotImplementedError:
+            return None
+        if kl.shape != guide_site["log_prob"].shape:
+            return None
+        scale = guide_site["scale"]
+        return kl if isinstance(scale, float) and scale == 1.0 else kl * scale
 
     def _observation_steps(self, site):
         """``[..., B, T]`` per-step log-densities of an observation site, or None."""
@@ -60,8 +87,20 @@ class DownstreamCostELBO(Trace_ELBO):
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         elbo, surrogate, baseline_loss = 0.0, 0.0, 0.0
         costs, observed, steps = {}, 0.0, []
+        analytic = {}  # site -> -KL_t, the latent terms of step t in expectation
+        if self.analytic_kl:
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample" and name in model_trace.nodes:
+                    kl = self._step_kl(model_trace.nodes[name], site)
+                    if kl is not None:
+                        analytic[name] = -kl
+                        elbo = elbo - torch_item(kl.sum())
+                        surrogate = surrogate - kl.sum()
         for name, site in model_trace.nodes.items():
             if site["type"] == "sample":
+                if name in analytic:
+                    costs[name] = analytic[name]
+                    continue
                 elbo = elbo + torch_item(site["log_prob_sum"])
                 surrogate = surrogate + site["log_prob_sum"]
                 if name in guide_trace.nodes:
@@ -74,13 +113,15 @@ class DownstreamCostELBO(Trace_ELBO):
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample":
                 _, score_function, entropy_term = site["score_parts"]
+                order.append(name)
+                if not is_identically_zero(score_function):
+                    scored.add(name)
+                if name in analytic:
+                    continue
                 elbo = elbo - torch_item(site["log_prob_sum"])
                 if not is_identically_zero(entropy_term):
                     surrogate = surrogate - entropy_term.sum()
                 costs[name] = costs.get(name, 0.0) - site["log_prob"]
-                order.append(name)
-                if not is_identically_zero(score_function):
-                    scored.add(name)
         if steps and any(s.shape[-1] != len(order) for s in steps):  # not one step per latent
             observed = observed + sum(s.sum(-1) for s in steps)
             steps = []
@@ -88,10 +129,13 @@ class DownstreamCostELBO(Trace_ELBO):
         downstream, deferred = observed, []
         for index in reversed(range(len(order))):
             name = order[index]
-            downstream = downstream + costs[name]
+            if name not in analytic:  # KL_t depends on z_{<t} only: downstream of z_{<t}
+                downstream = downstream + costs[name]
             if per_step is not None:
                 downstream = downstream + per_step[..., index]
             if name not in scored:
+                if name in analytic:
+                    downstream = downstream + costs[name]
                 continue
             site = guide_trace.nodes[name]
             score_function = site["score_parts"].score_function
@@ -101,6 +145,8 @@ class DownstreamCostELBO(Trace_ELBO):
                     f"{tuple(score_function.shape)} but its downstream cost "
                     f"{tuple(downstream.shape)}; use TraceGraph_ELBO for such models")
             cost = downstream.detach()
+            if name in analytic:
+                downstream = downstream + costs[name]
             if "nvil" in site["infer"]:  # NVIL's normalised signal: after all sites are seen
                 deferred.append((site["infer"]["nvil"], cost, score_function))
                 continue

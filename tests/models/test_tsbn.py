@@ -106,15 +106,19 @@ PARTICLES, REPEATS, Z_TOL = 400, 25, 4.5
 
 
 @pytest.mark.parametrize("estimator", ["trace", "downstream", "downstream-decaying",
-                                       "downstream-neural"])
+                                       "downstream-neural", "downstream-kl",
+                                       "downstream-kl-decaying"])
 def test_score_function_gradient_matches_the_enumerated_elbo_gradient(estimator):
-    baseline = estimator.split("-")[1] if "-" in estimator else "none"
+    parts = estimator.split("-")
+    analytic = "kl" in parts  # DownstreamCostELBO(analytic_kl=True)
+    baseline = ([p for p in parts[1:] if p != "kl"] or ["none"])[0]
     model, guide, x, mask = _tiny(baseline=baseline)
     assert sum(p.numel() for p in _params(model, guide)) >= 50
     exact_elbo, exact = _exact_elbo_gradient(model, guide, x, mask)
     exact = torch.cat([g.reshape(-1) for g in exact])
-    cls = Trace_ELBO if estimator == "trace" else DownstreamCostELBO
-    elbo = cls(num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
+    common = dict(num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
+    elbo = Trace_ELBO(**common) if estimator == "trace" else \
+        DownstreamCostELBO(analytic_kl=analytic, **common)
     pyro.set_rng_seed(0)
     with pyro.validation_enabled(False):  # Pyro's checks would triple the time of 25 x 400 draws
         estimates = _estimates(model, guide, x, mask, elbo, REPEATS)
