@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score-function baseline of binary latents (tsbn): a decaying average, "
                         "a neural baseline (NVIL's network), or nvil (the network on a centred, "
                         "variance-normalised signal); uses --elbo downstream (default: none)")
+    t.add_argument("--discount", type=float, default=1.0,
+                   help="binary latents, --elbo downstream: weight per step of the future terms "
+                        "in a latent's learning signal; below 1 biased but far less noisy "
+                        "(default: 1)")
     t.add_argument("--layers", type=int, default=None,
                    help="tsbn: stacked latent layers, z-dim split evenly (default: 1)")
     t.add_argument("--guide-hidden-layers", type=int, default=None,
@@ -397,7 +401,7 @@ def _train(args, parallel) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
-        baseline=args.baseline,
+        baseline=args.baseline, discount=args.discount,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
         init_output_bias=args.init_output_bias, **feedback)

@@ -50,15 +50,25 @@ class DownstreamCostELBO(Trace_ELBO):
     terms.
 
     :param bool per_step_observations: split ``[T, D]`` observation sites into steps (True).
+    ``discount < 1`` weights the terms ``s`` steps after ``t`` by ``discount^s`` in the learning
+    signal of ``z_t`` (as in reinforcement learning): less variance from the far future, at the
+    price of a **biased** guide gradient (the model's gradient and the ELBO value are unchanged).
+
+    :param bool per_step_observations: split ``[T, D]`` observation sites into steps (True).
     :param bool analytic_kl: use the analytic KL of each score-function site (False).
+    :param float discount: weight per step of the future terms in the learning signal, in
+        ``(0, 1]`` (1: unbiased).
     :param kwargs: those of :class:`~pyro.infer.Trace_ELBO`.
     """
 
     def __init__(self, *, per_step_observations: bool = True, analytic_kl: bool = False,
-                 **kwargs):
+                 discount: float = 1.0, **kwargs):
         super().__init__(**kwargs)
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount!r}")
         self.per_step_observations = per_step_observations
         self.analytic_kl = analytic_kl
+        self.discount = float(discount)
 
     @staticmethod
     def _step_kl(model_site, guide_site):
@@ -129,6 +139,8 @@ class DownstreamCostELBO(Trace_ELBO):
         downstream, deferred = observed, []
         for index in reversed(range(len(order))):
             name = order[index]
+            if self.discount != 1.0:
+                downstream = downstream * self.discount
             if name not in analytic:  # KL_t depends on z_{<t} only: downstream of z_{<t}
                 downstream = downstream + costs[name]
             if per_step is not None:

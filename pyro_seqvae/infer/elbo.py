@@ -80,7 +80,7 @@ class JitELBOByLength(ELBO):
             return self._elbo(x).loss_and_grads(model, guide, x, mask, *args, **kwargs)
 
 
-def make_elbo(kind: str = "trace", *, num_particles: int = 1):
+def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 1.0):
     """Build the training objective.
 
     - ``trace``: ``Trace_ELBO``, the reparameterised single- or multi-sample ELBO;
@@ -101,6 +101,7 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1):
 
     :param str kind: one of :data:`ELBOS`.
     :param int num_particles: samples per step (``iwae`` needs at least 2 to differ from trace).
+    :param float discount: ``downstream`` only: the learning signal's weight per future step.
     :rtype: pyro.infer.ELBO or JitELBOByLength
     """
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
@@ -114,7 +115,7 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1):
     if kind == "meanfield":
         return TraceMeanField_ELBO(**common)
     if kind == "downstream":
-        return DownstreamCostELBO(analytic_kl=True, **common)
+        return DownstreamCostELBO(analytic_kl=True, discount=discount, **common)
     if kind == "tracegraph":
         return TraceGraph_ELBO(**common)
     if kind == "iwae":

@@ -65,6 +65,9 @@ class TrainConfig:
         variance normalisation, :mod:`~pyro_seqvae.guides.nvil`); ``Trace_ELBO`` ignores
         baselines, so with one ``elbo="trace"`` becomes ``downstream``
         (:class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`; ``nvil`` needs it).
+    :param float discount: ``elbo="downstream"`` only: weight per step of the future terms in a
+        binary latent's learning signal, in ``(0, 1]``; below 1 the guide's gradient is biased
+        but far less noisy (:class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`).
     :param str validate: Pyro's distribution and trace checks during training: ``first`` (on
         the first update of each :meth:`Trainer.fit`, which catches a badly shaped model at
         once; then off, for speed), ``always`` or ``never``. A NaN loss is caught either way.
@@ -109,6 +112,7 @@ class TrainConfig:
     beta_increment: float | None = None
     elbo: str | None = None
     baseline: str = "none"
+    discount: float = 1.0
     validate: str = "first"
     num_particles: int = 1
     seed: int = 0
@@ -151,6 +155,14 @@ class TrainConfig:
             if self.baseline == "nvil" and self.elbo != "downstream":
                 raise ConfigError(f"baseline='nvil' needs elbo 'trace' or 'downstream' "
                                   f"(TraceGraph_ELBO does not apply it), got {self.elbo!r}")
+        if not 0 < self.discount <= 1:
+            raise ConfigError(f"discount must be in (0, 1], got {self.discount!r}")
+        if self.discount != 1 and self.elbo != "downstream":
+            if self.elbo == "trace" and self.baseline == "none":
+                object.__setattr__(self, "elbo", "downstream")
+            else:
+                raise ConfigError(f"discount={self.discount!r} needs elbo 'downstream', got "
+                                  f"{self.elbo!r}")
         if self.validate not in VALIDATE:
             raise ConfigError(f"validate must be one of {list(VALIDATE)}, got {self.validate!r}")
         if self.patience is not None and self.patience < 1:

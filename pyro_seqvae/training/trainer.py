@@ -149,7 +149,8 @@ class Trainer:
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
                                   "lrd": config.lr_decay})
-        self.elbo = make_elbo(config.elbo, num_particles=config.num_particles)
+        self.elbo = make_elbo(config.elbo, num_particles=config.num_particles,
+                              discount=config.discount)
         self.svi = SVI(model, guide, self.optim, self.elbo)
         self.epoch = 0
         self.step = 0

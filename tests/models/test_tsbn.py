@@ -353,6 +353,15 @@ def test_tsbn_configuration_errors():
     rebuilt.load_state_dict(model.state_dict())
     rebuilt_guide.load_state_dict(guide.state_dict())
     assert rebuilt.layers == 2 and rebuilt_guide.baseline == "neural"
+    with pytest.raises(ConfigError, match="baseline='nvil' needs elbo 'trace' or 'downstream'"):
+        TrainConfig(model="tsbn", baseline="nvil", elbo="tracegraph")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"discount must be in \(0, 1\]"):
+            TrainConfig(model="tsbn", discount=bad)
+    with pytest.raises(ConfigError, match="discount=0.9 needs elbo 'downstream'"):
+        TrainConfig(model="tsbn", baseline="decaying", elbo="tracegraph", discount=0.9)
+    assert TrainConfig(model="tsbn", discount=0.9).elbo == "downstream"
+    assert TrainConfig(model="tsbn", baseline="nvil").elbo == "downstream"
 
 
 def test_linear_filtering_guide_is_the_papers_recognition_model():
@@ -447,3 +456,41 @@ def test_resume_continues_the_baselines_state_exactly(tmp_path, baseline):
     assert len(full_averages) == (9 if baseline == "decaying" else 0)  # z_1 .. z_9
     for key in full_averages:
         assert_close(resumed_averages[key], full_averages[key], atol=1e-6)
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.5])
+def test_analytic_kl_and_discounted_signal_by_hand(discount):
+    """``DownstreamCostELBO(analytic_kl=True, discount=d)`` on the same samples equals the
+    surrogate written out: ``sum_t [log p(x_t | .) - KL_t] + sum_t log q(z_t | .) * sum_{s >= t}
+    d^(s-t) [log p(x_s | .) - KL_s 1(s > t)]``, for every parameter (padding included)."""
+    from pyro.distributions.kl import kl_divergence
+
+    model, guide, x, mask = _tiny()
+    mask[1, 2] = False
+    params = list(model.parameters()) + list(guide.parameters())
+    pyro.set_rng_seed(5)
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
+    guide_trace.compute_score_parts()
+    names = [f"z_{t + 1}" for t in range(T)]
+    obs_site = model_trace.nodes["x"]
+    obs = obs_site["fn"].base_dist.log_prob(x)                                  # [B, T]
+    kl = torch.stack([kl_divergence(guide_trace.nodes[n]["fn"], model_trace.nodes[n]["fn"])
+                      for n in names], -1)                                       # [B, T]
+    score = torch.stack([guide_trace.nodes[n]["score_parts"].score_function for n in names], -1)
+    surrogate = (obs - kl).sum()
+    for t in range(T):
+        cost = sum(discount ** (s - t) * (obs[:, s] - (kl[:, s] if s > t else 0.0))
+                   for s in range(t, T))
+        surrogate = surrogate + (score[:, t] * cost.detach()).sum()
+    expected = torch.autograd.grad(-surrogate, params, allow_unused=True)
+
+    pyro.set_rng_seed(5)
+    elbo = DownstreamCostELBO(analytic_kl=True, discount=discount)
+    for p in params:
+        p.grad = None
+    loss = elbo.loss_and_grads(model, guide, x, mask)
+    assert loss == pytest.approx(-float((obs - kl).sum().detach()), abs=1e-4)
+    for p, g in zip(params, expected):
+        assert_close(p.grad, torch.zeros_like(p) if g is None else g, atol=1e-5)
+    assert float(torch.cat([p.grad.reshape(-1) for p in params]).abs().max()) > 0.5
