@@ -49,7 +49,6 @@ class DownstreamCostELBO(Trace_ELBO):
     ``log q(z_s) - log p(z_s)`` given ``z_{<s}``). Sites without an analytic KL keep the sampled
     terms.
 
-    :param bool per_step_observations: split ``[T, D]`` observation sites into steps (True).
     ``discount < 1`` weights the terms ``s`` steps after ``t`` by ``discount^s`` in the learning
     signal of ``z_t`` (as in reinforcement learning): less variance from the far future, at the
     price of a **biased** guide gradient (the model's gradient and the ELBO value are unchanged).
