@@ -38,6 +38,7 @@ from pyro import poutine
 from torch.nn.functional import binary_cross_entropy_with_logits as bce
 
 from pyro_seqvae.data import load_dataset, pad_sequences
+from pyro_seqvae.models.tsbn import LayeredBernoulli
 from pyro_seqvae.training import TrainConfig, load_checkpoint
 from pyro_seqvae.training.checkpoint import restore_modules
 from pyro_seqvae.training.runlog import environment, write_json
@@ -77,9 +78,13 @@ def autoregression(splits, l2: float) -> dict:
     return out
 
 
-def _bernoulli_probs(fn):
+def _bernoulli_probs(site):
+    """The unit probabilities of a latent site (a deep TSBN's prior: given the layer above)."""
+    fn = site["fn"]
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
+    if isinstance(fn, LayeredBernoulli):
+        return torch.sigmoid(fn._full_logits(site["value"]))
     return fn.probs
 
 
@@ -108,8 +113,8 @@ def latent_use(run, splits, threshold: float) -> dict:
     log_ratio = sum(float((guide_trace.nodes[n]["log_prob"] - model_trace.nodes[n]["log_prob"])
                           .sum()) for n in names)
     reconstruction = float(model_trace.nodes["x"]["log_prob"].sum())
-    q = torch.stack([_bernoulli_probs(guide_trace.nodes[n]["fn"]) for n in names], 1)[mask]
-    p = torch.stack([_bernoulli_probs(model_trace.nodes[n]["fn"]) for n in names], 1)[mask]
+    q = torch.stack([_bernoulli_probs(guide_trace.nodes[n]) for n in names], 1)[mask]
+    p = torch.stack([_bernoulli_probs(model_trace.nodes[n]) for n in names], 1)[mask]
     q, p = q.clamp(1e-7, 1 - 1e-7), p.clamp(1e-7, 1 - 1e-7)
     kl = (q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())).mean(0)
     entropy = -(q * q.log() + (1 - q) * (1 - q).log()).mean(0)
