@@ -22,7 +22,7 @@ Two measurements, recorded in one JSON file:
 
 Example (the figures quoted in the README)::
 
-    python benchmarks/tsbn_diagnostics.py runs/tsbn-decaying --variance 40 --threads 1 \\
+    python benchmarks/tsbn_diagnostics.py runs/tsbn-tuned --variance 40 --threads 1 \\
         --out benchmarks/results/tsbn_diagnostics.json
 """
 

@@ -93,7 +93,7 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     - ``downstream``: :class:`~pyro_seqvae.infer.downstream.DownstreamCostELBO`, score-function
       gradients with each latent's downstream cost and the guide's baselines (binary latents:
       TSBN), in time linear in T, with the analytic KL of each step (``analytic_kl=True``: the
-      model's gradient variance 0.05 times that of the sampled terms on a trained TSBN);
+      model's gradient variance 0.05-0.08 times that of the sampled terms on trained TSBNs);
     - ``tracegraph``: Pyro's ``TraceGraph_ELBO``, the same gradients found by provenance
       tracking (about 15 times slower on a TSBN).
 
