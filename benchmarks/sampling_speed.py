@@ -86,6 +86,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    result = {"benchmark": "sampling_speed", "command": "python " + shlex.join(sys.argv),
+              "settings": vars(args), "environment": environment(torch.device("cpu")),
+              "torch_threads": torch.get_num_threads(), "rows": rows}
     for name in args.models:
         for emission in args.emissions:
             pyro.clear_param_store()
@@ -104,12 +107,9 @@ def main(argv=None):
             rows.append(row)
             print(f"{name:5s} {emission:9s} old {old_s:8.2f} s  new {new_s:7.2f} s  "
                   f"speed-up {old_s / new_s:6.1f}x", flush=True)
-    result = {"benchmark": "sampling_speed", "command": "python " + shlex.join(sys.argv),
-              "settings": vars(args), "environment": environment(torch.device("cpu")),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            if args.out:  # after every row: a cut-off run keeps its finished rows
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
