@@ -282,6 +282,15 @@ class SequenceRNN(nn.Module):
         out, _ = self.rnn(inputs)
         return out
 
+    def step(self, input_t: torch.Tensor, state=None):
+        """One step of the same RNN, for step-by-step sampling: ``[B, D] -> ([B, H], state)``.
+
+        ``state`` is what the previous call returned (``None``: the zero state of
+        :meth:`forward`); running ``step`` over ``t = 1..T`` gives :meth:`forward`'s outputs.
+        """
+        out, state = self.rnn(input_t.unsqueeze(-2), state)
+        return out[..., 0, :], state
+
 
 def shift_right(x: torch.Tensor) -> torch.Tensor:
     """Return ``u`` with ``u_t = x_{t-1}`` and ``u_1 = 0``: ``[B, T, D] -> [B, T, D]``."""

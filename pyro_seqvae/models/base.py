@@ -172,7 +172,9 @@ class LatentSequenceModel(SequenceModel):
     Subclasses implement:
 
     - :meth:`precompute` ``(x, mask) -> pre [B, T, F]``: the z-independent per-step features,
-      computed in one fused call (VRNN: ``phi_x(x_t)``; SRNN: ``d_t``; DMM: width 0);
+      computed in one fused call (VRNN: ``phi_x(x_t)``; SRNN: ``d_t``; DMM: width 0), and
+      optionally :meth:`precompute_step` ``(x, t, state) -> (pre_t, state)``, the same one step
+      at a time (sampling);
     - :meth:`initial_carry` ``(x) -> Carry``;
     - :meth:`context` ``(carry, pre_t) -> [..., C]``: the z-dependent state a guide conditions on
       (VRNN: ``h_{t-1}``; SRNN and DMM: ``z_{t-1}``);
@@ -222,6 +224,19 @@ class LatentSequenceModel(SequenceModel):
 
     def precompute(self, x, mask):
         raise NotImplementedError
+
+    def precompute_step(self, x, t: int, state=None):
+        """``pre_t`` ``[B, F]`` of :meth:`precompute` for one step, for step-by-step sampling.
+
+        ``pre_t`` may read ``x[:, :t + 1]`` only; ``state`` is what the call for step ``t - 1``
+        returned (``None`` at ``t = 0``). :meth:`sample` calls it twice per step with the same
+        ``state`` (before and after ``x_t`` is drawn) and keeps the second state. The default
+        recomputes :meth:`precompute` over the whole prefix, ``O(t)`` per step; models with a
+        recurrent or per-step precompute override it so that sampling is ``O(T)``.
+
+        :returns: ``(pre_t, state)``.
+        """
+        return self.precompute(x[:, : t + 1], None)[:, t], None
 
     def initial_carry(self, x) -> Carry:
         """``Carry(z=z_0)`` with ``z_0 = 0`` ``[B, Z]`` (SRNN A.2; the DMM learns its ``z_0``)."""
@@ -319,16 +334,16 @@ class LatentSequenceModel(SequenceModel):
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             tr = poutine.trace(guide).get_trace(x[:, :P], mask[:, :P])
             guide_z = {t: tr.nodes[f"z_{t + 1}"]["value"] for t in range(P)}
-        carry = self.initial_carry(x)
+        carry, state = self.initial_carry(x), None
         for t in range(num_steps):
             # x_t is still a placeholder here; pre_t may only depend on x_{<t} before x_t is set.
-            pre = self.precompute(x[:, : t + 1], None)
-            z_t = guide_z[t] if t in guide_z else self.prior(carry, pre[:, t]).sample()
+            pre_t, next_state = self.precompute_step(x, t, state)
+            z_t = guide_z[t] if t in guide_z else self.prior(carry, pre_t).sample()
             if t >= P:
                 record = self.emission_input(carry, z_t).unsqueeze(-2)
-                x[:, t] = self.emission_dist(pre[:, t : t + 1], record).sample()[:, 0]
-                pre = self.precompute(x[:, : t + 1], None)
-            carry = self.advance(carry, pre[:, t], z_t)
+                x[:, t] = self.emission_dist(pre_t.unsqueeze(-2), record).sample()[:, 0]
+                pre_t, next_state = self.precompute_step(x, t, state)
+            carry, state = self.advance(carry, pre_t, z_t), next_state
         return x
 
 

@@ -91,6 +91,9 @@ class DMM(LatentSequenceModel):
     def precompute(self, x, mask):
         return x.new_zeros(x.shape[:-1] + (0,))
 
+    def precompute_step(self, x, t, state=None):
+        return x.new_zeros(x.shape[0], 0), None
+
     @pyro_method
     def initial_carry(self, x):
         return Carry(z=self.z_0.expand(x.shape[0], self.z_dim))

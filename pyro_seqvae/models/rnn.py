@@ -78,6 +78,22 @@ class RNN(FeedbackNoise, SequenceModel):
         check_positive_int("num_sequences", num_sequences)
         check_positive_int("num_steps", num_steps)
         x, P = self._prepare_prefix(num_sequences, num_steps, prefix)
+        # h_t = f(h_{t-1}, x_{t-1}), one step at a time (O(T)); the prefix in one fused call
+        state = self._prefix_state(x[:, :P]) if P else None
         for t in range(P, num_steps):
-            x[:, t] = self.predictive(x[:, : t + 1]).sample()[:, t]
+            u_t = x[:, t - 1] if t > 0 else x.new_zeros(num_sequences, self.x_dim)
+            predictive, state = self._predict_step(u_t, state)
+            x[:, t] = predictive.sample()[:, 0]
         return x
+
+    @pyro_method
+    def _prefix_state(self, prefix):
+        """The recurrent state after ``u_1 .. u_P`` of a ``[B, P, D]`` prefix (one fused call)."""
+        return self.rnn.rnn(shift_right(prefix))[1]
+
+    @pyro_method
+    def _predict_step(self, u_t, state):
+        """``p(x_t | x_<t)`` with batch ``[B, 1]`` from ``u_t = x_{t-1}`` ``[B, D]`` and the
+        recurrent state after ``u_{t-1}``; returns ``(distribution, state)``."""
+        h_t, state = self.rnn.step(u_t, state)
+        return self.emission(self.decoder(h_t.unsqueeze(-2))), state

@@ -67,6 +67,12 @@ class SRNN(FeedbackNoise, LatentSequenceModel):
         return self.rnn(self.feedback(shift_right(x)))
 
     @pyro_method
+    def precompute_step(self, x, t, state=None):
+        """``d_t = GRU(d_{t-1}, x_{t-1})`` from the state ``d_{t-1}``: ``O(1)`` per step."""
+        u_t = x[:, t - 1] if t > 0 else x.new_zeros(x.shape[0], self.x_dim)
+        return self.rnn.step(self.feedback(u_t), state)
+
+    @pyro_method
     def prior_loc(self, carry, pre_t):
         return self.prior_net.loc(broadcast_cat([carry.z, pre_t]))
 

@@ -80,6 +80,12 @@ class TSBN(LatentSequenceModel):
         u = shift_right(x)
         return torch.cat([u, self.prior_x(u)], dim=-1)
 
+    @pyro_method
+    def precompute_step(self, x, t, state=None):
+        """``[x_{t-1}, W3 x_{t-1} + b]`` of the one step: ``[B, D + Z]``."""
+        u_t = x[:, t - 1] if t > 0 else x.new_zeros(x.shape[0], self.x_dim)
+        return torch.cat([u_t, self.prior_x(u_t)], dim=-1), None
+
     def guide_features(self, x, pre):
         """``[x_{t-1}, x_t]``: ``[B, T, 2D]``, what a guide reads besides ``z_{t-1}``."""
         return torch.cat([pre[..., : self.x_dim], x], dim=-1)

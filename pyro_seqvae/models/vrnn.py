@@ -85,6 +85,11 @@ class VRNN(FeedbackNoise, LatentSequenceModel):
     def precompute(self, x, mask):
         return self.phi_x(self.feedback(x))
 
+    @pyro_method
+    def precompute_step(self, x, t, state=None):
+        """``phi_x(x_t)`` of the one step: ``[B, hidden_dim]``."""
+        return self.phi_x(self.feedback(x[:, t])), None
+
     def initial_carry(self, x):
         return Carry(z=x.new_zeros(x.shape[0], self.z_dim),
                      h=x.new_zeros(x.shape[0], self.cell.state_dim))
