@@ -203,7 +203,9 @@ class Trainer:
         """
         payload = self.parallel.load_on_main(load_checkpoint, path,  # parallel hook
                                              map_location=self.device)
-        stored, now = payload["config"], self.config.to_dict()
+        now = self.config.to_dict()
+        # a setting added after the checkpoint was written counts as its default there
+        stored = {**type(self.config)().to_dict(), **payload["config"]}
         changed = sorted(k for k in set(stored) | set(now)
                          if stored.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
         if changed:

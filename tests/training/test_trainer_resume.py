@@ -135,6 +135,30 @@ def test_resume_with_other_settings_is_refused(splits, full_run, tmp_path):
         trainer.fit(splits, resume=folder_a / LAST)
 
 
+def older_checkpoint(full_run, tmp_path, *missing):
+    """The full run's last checkpoint as a release without the settings ``missing`` wrote it."""
+    payload = torch.load(full_run[0] / LAST, weights_only=True)
+    for key in missing:
+        del payload["config"][key]
+    path = tmp_path / "older.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_a_setting_added_since_the_checkpoint_counts_as_its_default(splits, full_run, tmp_path):
+    older = older_checkpoint(full_run, tmp_path, "discount", "input_flip")
+    trainer = fresh_trainer(tiny_config(epochs=4), tmp_path / "run")
+    history = trainer.fit(splits, resume=older)
+    assert [r["epoch"] for r in history] == [4]
+
+
+def test_a_setting_added_since_the_checkpoint_must_keep_its_default(splits, full_run, tmp_path):
+    older = older_checkpoint(full_run, tmp_path, "input_flip")
+    trainer = fresh_trainer(tiny_config(input_flip=0.1), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="input_flip"):
+        trainer.fit(splits, resume=older)
+
+
 def test_resume_from_a_missing_checkpoint_is_a_checkpoint_error(splits, tmp_path):
     trainer = fresh_trainer(tiny_config(), tmp_path / "run")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
