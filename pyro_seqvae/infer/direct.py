@@ -37,7 +37,7 @@ from torch import nn
 
 from ..guides.base import SequenceGuide
 from ..latents import LogitHead
-from ..layers import GaussianHead, broadcast_cat, logvar_to_scale
+from ..layers import GaussianHead, _Clamp, logvar_to_scale
 from ..models.base import LatentSequenceModel, gaussian
 from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
@@ -59,29 +59,52 @@ def supports_direct(model, guide) -> bool:
             and type(guide).forward is SequenceGuide.forward)
 
 
-class SplitFirstLayer:
-    """An MLP (``layers.MLP``) read as ``rest(W_0 v_0 + W_1 v_1 + ... + b)`` for an input
-    ``cat([v_0, v_1, ...])``: its first linear layer applied block by block.
+def _run_layers(layers, h: torch.Tensor) -> torch.Tensor:
+    """Apply ``layers`` (the tail of an ``MLP``) to ``h``, a tensor the caller owns: the
+    activations and clamps act in place (no new tensor per unit, the memory traffic of an
+    elementwise op at particle scale); anything else is called as usual."""
+    for layer in layers:
+        if isinstance(layer, nn.LeakyReLU):
+            h = F.leaky_relu_(h, layer.negative_slope)
+        elif isinstance(layer, nn.ReLU):
+            h = h.relu_()
+        elif isinstance(layer, nn.Tanh):
+            h = h.tanh_()
+        elif isinstance(layer, _Clamp):
+            h = h.clamp_(-layer.bound, layer.bound)
+        else:
+            h = layer(h)
+    return h
 
-    :param mlp: an ``MLP`` whose first layer is an :class:`~torch.nn.Linear`.
-    :param widths: the widths of the input blocks, in order.
+
+class MergedFirstLayers:
+    """The first linear layers of several networks that read the same per-particle input ``c``,
+    as one matrix product.
+
+    Network ``i`` reads ``cat([..., c, ...])``; its first layer is split by input block into
+    ``W_i^c c`` (here, for every network at once: one ``[.., C] x [C, sum_i H_i]`` product)
+    and the rest, which the caller adds from per-sequence parts computed once for all steps.
+
+    :param list blocks: ``(weight [H_i, C], bias [H_i] or None)`` per network.
     """
 
-    def __init__(self, mlp, widths):
-        first = mlp.layers[0]
-        if not isinstance(first, nn.Linear) or first.in_features != sum(widths):
-            raise TypeError(f"cannot split {first} into input blocks {list(widths)}")
-        self.weights = first.weight.split(list(widths), dim=1)
-        self.bias = first.bias
-        self.rest = mlp.layers[1:]
+    def __init__(self, blocks):
+        self.widths = [w.shape[0] for w, _ in blocks]
+        self.weight = torch.cat([w for w, _ in blocks], dim=0)
+        biases = [b if b is not None else w.new_zeros(w.shape[0]) for w, b in blocks]
+        self.bias = (torch.cat(biases) if any(b is not None for _, b in blocks) else None)
 
-    def block(self, index: int, value: torch.Tensor, *, bias: bool = False) -> torch.Tensor:
-        """``W_index value`` (``+ b`` with ``bias=True``): ``[..., w_index] -> [..., H]``."""
-        return F.linear(value, self.weights[index], self.bias if bias else None)
+    def __call__(self, c: torch.Tensor):
+        """``[W_i^c c + b_i for each network]``: views of one new tensor ``[..., sum_i H_i]``."""
+        return F.linear(c, self.weight, self.bias).split(self.widths, dim=-1)
 
-    def finish(self, first: torch.Tensor) -> torch.Tensor:
-        """The rest of the MLP on the first layer's output ``[..., H]``."""
-        return self.rest(first)
+
+def _blocks(mlp, widths):
+    """``mlp``'s first linear layer split by input block: ``(weights per block, bias, tail)``."""
+    first = mlp.layers[0]
+    if not isinstance(first, nn.Linear) or first.in_features != sum(widths):
+        raise TypeError(f"cannot split {first} into input blocks {list(widths)}")
+    return first.weight.split(list(widths), dim=1), first.bias, mlp.layers[1:]
 
 
 def _head_networks(head):
@@ -93,11 +116,11 @@ def _head_networks(head):
 
 
 class ProtocolSteps:
-    """The per-step pieces of the guide's proposal and of the model, from the protocol.
+    """One step of the guide's proposal and of the model, on the protocol.
 
-    The guide head's first layers are split into the summary block, computed for all steps at
-    :meth:`start`, and the context block (``z_{t-1}``, or VRNN's ``h_{t-1}``), computed per
-    step. Subclasses factor a model's own networks in the same way.
+    The guide head's networks read ``[a_t, context]``: their ``a_t`` blocks are computed for all
+    steps at :meth:`start`, their context blocks (``z_{t-1}``, or VRNN's ``h_{t-1}``) in one
+    product per step. Subclasses factor a model's own networks in the same way.
     """
 
     def __init__(self, model, guide):
@@ -113,119 +136,169 @@ class ProtocolSteps:
         self.summary = self.guide.summarise(x, mask, self.pre)
         if self.factor_head:
             widths = (self.summary.shape[-1], model.context_dim)
-            self.head_split = [SplitFirstLayer(net, widths) for net in self.head_nets]
-            self.head_static = [s.block(0, self.summary, bias=True) for s in self.head_split]
+            split = [_blocks(net, widths) for net in self.head_nets]
+            self.head_tails = [tail for _, _, tail in split]
+            # [B, T, sum H]: the a_t blocks and the biases, for all steps
+            self.head_static = torch.cat([F.linear(self.summary, w[0], b) for w, b, _ in split],
+                                         dim=-1)
+            self.head_context = [(w[1], None) for w, _, _ in split]
+            self.head_merged = MergedFirstLayers(self.head_context)
         return model.initial_carry(x)
 
-    def proposal(self, carry, t):
-        """``(q(z_t | .), prior mean or None)``: :meth:`SequenceGuide.proposal`'s formula."""
-        guide = self.guide
-        pre_t = self.pre[:, t]
-        if not self.factor_head:
-            return tuple(guide.proposal(carry, self.summary[:, t], pre_t)[:2])
-        context = self.model.context(carry, pre_t)
-        outs = [split.finish(static[:, t] + split.block(1, context))
-                for split, static in zip(self.head_split, self.head_static)]
+    def head(self, firsts, t):
+        """``q``'s head outputs from its first layers' context blocks ``firsts`` (owned)."""
+        static = self.head_static[:, t].split([f.shape[-1] for f in firsts], dim=-1)
+        outs = [_run_layers(tail, f.add_(s)) for f, s, tail in zip(firsts, static, self.head_tails)]
         if len(outs) == 2:  # GaussianHead: (loc, scale)
             outs[1] = logvar_to_scale(outs[1])
+        return outs
+
+    def dists(self, carry, t):
+        """``(q(z_t | .), p(z_t | .), state)``: the formulas of
+        :meth:`SequenceGuide.proposal` and the model's ``prior``; ``state`` goes to
+        :meth:`after`."""
+        guide, model = self.guide, self.model
+        pre_t = self.pre[:, t]
+        if not self.factor_head:
+            q, prior_loc = guide.proposal(carry, self.summary[:, t], pre_t)[:2]
+            return q, model.prior(carry, pre_t, loc=prior_loc), None
+        outs = self.head(list(self.head_merged(model.context(carry, pre_t))), t)
         prior_loc = None
         if guide.residual:
-            prior_loc = self.prior_loc(carry, t)
+            prior_loc = model.prior_loc(carry, pre_t)
             outs[0] = outs[0] + prior_loc
-        return guide.latent_dist(*outs), prior_loc
+        return guide.latent_dist(*outs), model.prior(carry, pre_t, loc=prior_loc), None
 
-    def prior_loc(self, carry, t):
-        return self.model.prior_loc(carry, self.pre[:, t])
-
-    def prior(self, carry, t, loc):
-        return self.model.prior(carry, self.pre[:, t], loc=loc)
-
-    def record(self, carry, z_t):
-        """``(what step t leaves for the emission, what advance may reuse)``: the model's
-        ``emission_input`` and None."""
-        return self.model.emission_input(carry, z_t), None
-
-    def advance(self, carry, t, z_t, reuse):
-        return self.model.advance(carry, self.pre[:, t], z_t)
+    def after(self, carry, t, z_t, state):
+        """``(what step t leaves for the emission, the next carry)``."""
+        model = self.model
+        return model.emission_input(carry, z_t), model.advance(carry, self.pre[:, t], z_t)
 
     def emission_log_prob(self, x, t0, t1, records):
-        """``log p(x_t | .)`` for steps ``t0 <= t < t1``: ``[..., B, t1 - t0]`` from
-        ``records`` ``[..., B, t1 - t0, R]``."""
+        """``log p(x_t | .)`` for steps ``t0 <= t < t1``: ``[..., B, t1 - t0]`` from the
+        stacked records ``[..., B, t1 - t0, R]``."""
         return self.model.emission_dist(self.pre[:, t0:t1], records).log_prob(x[:, t0:t1])
 
 
 class VRNNSteps(ProtocolSteps):
-    """VRNN and STORN: the GRU (or LSTM) input ``[phi_x(x_t), phi_z(z_t)]`` split, its
-    ``phi_x`` block for all steps at once; ``phi_z(z_t)`` computed once per step and handed
-    to the decoder (VRNN eq. 6-7)."""
+    """VRNN and STORN (VRNN eq. 5-7, 9).
+
+    Every first layer that reads ``h_{t-1}`` (the guide head's ``h`` blocks, the prior's
+    networks, the decoder's ``h`` block and the GRU's ``W_hh``) is one product per step, and
+    every one that reads ``phi_z(z_t)`` (the GRU's input block and the decoder's) another; the
+    GRU input's ``phi_x(x_t)`` block is computed for all steps at once. The emission's record
+    of a step is the decoder's first-layer output.
+    """
 
     def start(self, x, mask):
         carry = super().start(x, mask)
         model = self.model
-        self.cell = model.cell.cell
-        widths = (model.pre_dim, model.hidden_dim)
-        self.input_weights = self.cell.weight_ih.split(list(widths), dim=1)
-        self.static_gates = F.linear(self.pre, self.input_weights[0], self.cell.bias_ih)
+        cell = self.cell = model.cell.cell
+        self.gru = model.cell.kind == "gru"
+        self.H = cell.hidden_size
+        w_x, w_z = cell.weight_ih.split([model.pre_dim, model.hidden_dim], dim=1)
+        self.static_gates = F.linear(self.pre, w_x, cell.bias_ih)              # [B, T, 3H|4H]
+        dec_z, dec_h = _blocks(model.decoder, (model.hidden_dim, model.rnn_dim))[0]
+        self.dec_bias, self.dec_tail = model.decoder.layers[0].bias, model.decoder.layers[1:]
+        blocks = list(self.head_context) if self.factor_head else []
+        self.prior_tails = None
+        if type(model) is VRNN:  # STORN's prior N(0, I) has no network
+            nets = [model.prior_net.loc_net, model.prior_net.logvar_net]
+            self.prior_tails = [net.layers[1:] for net in nets]
+            blocks += [(net.layers[0].weight, net.layers[0].bias) for net in nets]
+        blocks += [(dec_h, self.dec_bias), (cell.weight_hh, cell.bias_hh)]
+        self.h_merged = MergedFirstLayers(blocks)
+        self.z_merged = MergedFirstLayers([(w_z, None), (dec_z, None)])
         return carry
 
-    def record(self, carry, z_t):
-        features = self.model.phi_z(z_t)
-        return broadcast_cat([features, self.model.cell.output(carry.h)]), features
+    def dists(self, carry, t):
+        model, guide = self.model, self.guide
+        if not self.factor_head:
+            raise AssertionError("VRNNSteps needs the library's guide head")
+        h = model.cell.output(carry.h)
+        firsts = list(self.h_merged(h))
+        n = len(self.head_tails)
+        outs = self.head(firsts[:n], t)
+        if self.prior_tails is not None:
+            p_loc, p_lv = (_run_layers(tail, f) for tail, f in zip(self.prior_tails,
+                                                                    firsts[n:n + 2]))
+            p = gaussian(p_loc, logvar_to_scale(p_lv))
+            if guide.residual:
+                outs[0] = outs[0] + p_loc
+        else:
+            p = model.prior(carry, self.pre[:, t])
+        return guide.latent_dist(*outs), p, (firsts[-2], firsts[-1])
 
-    def advance(self, carry, t, z_t, features):
-        cell = self.cell
-        gi = self.static_gates[:, t] + F.linear(features, self.input_weights[1])
-        gh = F.linear(carry.h if self.model.cell.kind == "gru"
-                      else carry.h[..., : cell.hidden_size], cell.weight_hh, cell.bias_hh)
-        if self.model.cell.kind == "gru":  # torch.nn.GRUCell's equations
-            i_r, i_z, i_n = gi.chunk(3, -1)
-            h_r, h_z, h_n = gh.chunk(3, -1)
+    def after(self, carry, t, z_t, state):
+        dec_h, gh = state
+        features = _run_layers(self.model.phi_z.layers[1:],
+                               F.linear(z_t, self.model.phi_z.layers[0].weight,
+                                        self.model.phi_z.layers[0].bias))
+        gi, dec_z = self.z_merged(features)
+        gi = gi + self.static_gates[:, t]
+        record = dec_z + dec_h          # the decoder's first layer on [phi_z(z_t), h_{t-1}]
+        H = self.H
+        if self.gru:  # torch.nn.GRUCell's equations
+            i_r, i_z, i_n = gi.split(H, -1)
+            h_r, h_z, h_n = gh.split(H, -1)
             reset = torch.sigmoid(i_r + h_r)
             update = torch.sigmoid(i_z + h_z)
             new = torch.tanh(i_n + reset * h_n)
             h = new + update * (carry.h - new)
         else:  # torch.nn.LSTMCell's
-            i, f, g, o = (gi + gh).chunk(4, -1)
-            c = (torch.sigmoid(f) * carry.h[..., cell.hidden_size:]
-                 + torch.sigmoid(i) * torch.tanh(g))
+            i, f, g, o = (gi + gh).split(H, -1)
+            c = torch.sigmoid(f) * carry.h[..., H:] + torch.sigmoid(i) * torch.tanh(g)
             h = torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
-        return carry._replace(z=z_t, h=h)
+        return record, carry._replace(z=z_t, h=h)
 
     def emission_log_prob(self, x, t0, t1, records):
-        # records hold [phi_z(z_t), h_{t-1}]: the decoder's input (VRNN.emission_dist)
         model = self.model
-        return model.emission(model.decoder(records)).log_prob(x[:, t0:t1])
+        return model.emission(_run_layers(self.dec_tail, records)).log_prob(x[:, t0:t1])
 
 
 class SRNNSteps(ProtocolSteps):
-    """SRNN: the prior's inputs ``[z_{t-1}, d_t]`` and the decoder's ``[z_t, d_t]`` split, their
-    ``d_t`` blocks for all steps at once (SRNN eq. 3-4)."""
+    """SRNN (SRNN eq. 3-4, 12, Algorithm 1).
+
+    The first layers that read ``z_{t-1}`` (the guide head's and the prior's two networks) are
+    one product per step; their ``a_t`` and ``d_t`` blocks, and the decoder's ``d_t`` block,
+    are computed for all steps at once.
+    """
 
     def start(self, x, mask):
         carry = super().start(x, mask)
         model = self.model
         widths = (model.z_dim, model.rnn_dim)
-        self.splits = {"loc": SplitFirstLayer(model.prior_net.loc_net, widths),
-                       "logvar": SplitFirstLayer(model.prior_net.logvar_net, widths),
-                       "decoder": SplitFirstLayer(model.decoder, widths)}
-        self.static = {k: s.block(1, self.pre, bias=True) for k, s in self.splits.items()}
+        nets = [model.prior_net.loc_net, model.prior_net.logvar_net]
+        split = [_blocks(net, widths) for net in nets]
+        self.prior_tails = [tail for _, _, tail in split]
+        self.prior_static = torch.cat([F.linear(self.pre, w[1], b) for w, b, _ in split], -1)
+        blocks = list(self.head_context) if self.factor_head else []
+        self.z_merged = MergedFirstLayers(blocks + [(w[0], None) for w, _, _ in split])
+        dec, dec_bias, self.dec_tail = _blocks(model.decoder, widths)
+        self.dec_z = dec[0]
+        self.dec_static = F.linear(self.pre, dec[1], dec_bias)                    # [B, T, N]
         return carry
 
-    def _net(self, name, t, z):
-        split = self.splits[name]
-        return split.finish(self.static[name][:, t] + split.block(0, z))
+    def dists(self, carry, t):
+        guide = self.guide
+        if not self.factor_head:
+            raise AssertionError("SRNNSteps needs the library's guide head")
+        firsts = list(self.z_merged(carry.z))
+        n = len(self.head_tails)
+        outs = self.head(firsts[:n], t)
+        static = self.prior_static[:, t].split([f.shape[-1] for f in firsts[n:]], dim=-1)
+        p_loc, p_lv = (_run_layers(tail, f.add_(s))
+                       for tail, f, s in zip(self.prior_tails, firsts[n:], static))
+        if guide.residual:
+            outs[0] = outs[0] + p_loc
+        return guide.latent_dist(*outs), gaussian(p_loc, logvar_to_scale(p_lv)), None
 
-    def prior_loc(self, carry, t):
-        return self._net("loc", t, carry.z)
-
-    def prior(self, carry, t, loc):
-        if loc is None:
-            loc = self.prior_loc(carry, t)
-        return gaussian(loc, logvar_to_scale(self._net("logvar", t, carry.z)))
+    def after(self, carry, t, z_t, state):
+        return z_t, carry._replace(z=z_t)
 
     def emission_log_prob(self, x, t0, t1, records):
-        params = self._net("decoder", slice(t0, t1), records)
-        return self.model.emission(params).log_prob(x[:, t0:t1])
+        first = F.linear(records, self.dec_z) + self.dec_static[:, t0:t1]
+        return self.model.emission(_run_layers(self.dec_tail, first)).log_prob(x[:, t0:t1])
 
 
 #: Model classes whose own networks are factored (exact types; subclasses use the protocol).
@@ -234,7 +307,10 @@ STEPS = {VRNN: VRNNSteps, STORN: VRNNSteps, SRNN: SRNNSteps}
 
 def make_steps(model, guide) -> ProtocolSteps:
     """The per-step computation of ``model`` and ``guide`` (factored where known)."""
-    return STEPS.get(type(model), ProtocolSteps)(model, guide)
+    steps = STEPS.get(type(model), ProtocolSteps)
+    if steps is not ProtocolSteps and _head_networks(guide.head) is None:
+        steps = ProtocolSteps
+    return steps(model, guide)
 
 
 def _draw(q, shape):
@@ -281,12 +357,11 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
         carry = steps.start(x, mask)
         records, t0 = [], 0
         for t in range(T):
-            q, prior_loc = steps.proposal(carry, t)
+            q, p, state = steps.dists(carry, t)
             q, z_t = _draw(q, (K, B))
-            log_p = steps.prior(carry, t, prior_loc).log_prob(z_t)
-            log_w += torch.where(mask[:, t], log_p - q.log_prob(z_t), log_w.new_zeros(()))
-            record, reuse = steps.record(carry, z_t)
-            carry = steps.advance(carry, t, z_t, reuse)
+            log_w += torch.where(mask[:, t], p.log_prob(z_t) - q.log_prob(z_t),
+                                 log_w.new_zeros(()))
+            record, carry = steps.after(carry, t, z_t, state)
             records.append(record)
             if len(records) == window or t + 1 == T:
                 stacked = torch.stack(torch.broadcast_tensors(*records), dim=-2)
@@ -297,5 +372,5 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     return torch.cat(parts, dim=0)
 
 
-__all__ = ["DIRECT_MAX_ROWS", "ProtocolSteps", "SRNNSteps", "SplitFirstLayer", "VRNNSteps",
+__all__ = ["DIRECT_MAX_ROWS", "MergedFirstLayers", "ProtocolSteps", "SRNNSteps", "VRNNSteps",
            "direct_log_weights", "make_steps", "supports_direct"]
