@@ -218,3 +218,37 @@ class PlainSRNN(nn.Module):
             log_w += masked(step, mask[:, t])
             z_prev = z
         return log_w
+
+
+def copy_mlp(src, dst: nn.Sequential):
+    """Copy a library ``MLP``'s linear layers into a plain ``nn.Sequential`` of the same shape."""
+    src_linear = [m for m in src.layers if isinstance(m, nn.Linear)]
+    dst_linear = [m for m in dst if isinstance(m, nn.Linear)]
+    assert len(src_linear) == len(dst_linear)
+    for a, b in zip(src_linear, dst_linear):
+        b.load_state_dict(a.state_dict())
+
+
+def copy_head(src, dst: Head):
+    copy_mlp(src.loc_net, dst.loc)
+    copy_mlp(src.logvar_net, dst.logvar)
+
+
+def load_library_weights(plain, model, guide):
+    """Copy the weights of the library's VRNN + FilteringGuide or SRNN + SmoothingGuide(Res_q)
+    into their plain twin, so that both compute the same function."""
+    if isinstance(plain, PlainVRNN):
+        copy_mlp(model.phi_x, plain.phi_x)
+        copy_mlp(model.phi_z, plain.phi_z)
+        plain.cell.load_state_dict(model.cell.cell.state_dict())
+        copy_head(model.prior_net, plain.prior)
+        copy_head(guide.head, plain.encoder)
+        copy_mlp(model.decoder, plain.decoder)
+    else:
+        plain.rnn.load_state_dict(model.rnn.rnn.state_dict())
+        copy_head(model.prior_net, plain.prior)
+        copy_mlp(model.decoder, plain.decoder)
+        plain.backward_rnn.load_state_dict(guide.backward_rnn.rnn.state_dict())
+        copy_head(guide.head, plain.head)
+    return plain
+
