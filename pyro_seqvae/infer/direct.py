@@ -59,10 +59,18 @@ def supports_direct(model, guide) -> bool:
             and type(guide).forward is SequenceGuide.forward)
 
 
+def _add(owned: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``owned + other``, in place into ``owned`` (a new tensor the caller owns) unless autograd
+    records (SMC objectives): the in-place units below would then overwrite saved results."""
+    return owned.add_(other) if not torch.is_grad_enabled() else owned + other
+
+
 def _run_layers(layers, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``layers`` (the tail of an ``MLP``) to ``h``, a tensor the caller owns: the
-    activations and clamps act in place (no new tensor per unit, the memory traffic of an
-    elementwise op at particle scale); anything else is called as usual."""
+    """Apply ``layers`` (the tail of an ``MLP``) to ``h``, a tensor the caller owns. Without
+    autograd the activations and clamps act in place (no new tensor per unit: the memory
+    traffic of an elementwise op at particle scale); anything else is called as usual."""
+    if torch.is_grad_enabled():
+        return layers(h)
     for layer in layers:
         if isinstance(layer, nn.LeakyReLU):
             h = F.leaky_relu_(h, layer.negative_slope)
@@ -125,7 +133,7 @@ class ProtocolSteps:
 
     def __init__(self, model, guide):
         self.model, self.guide = model, guide
-        nets = _head_networks(guide.head)
+        nets = _head_networks(getattr(guide, "head", None))
         self.factor_head = nets is not None and type(guide).proposal is SequenceGuide.proposal
         self.head_nets = nets
 
@@ -148,7 +156,8 @@ class ProtocolSteps:
     def head(self, firsts, t):
         """``q``'s head outputs from its first layers' context blocks ``firsts`` (owned)."""
         static = self.head_static[:, t].split([f.shape[-1] for f in firsts], dim=-1)
-        outs = [_run_layers(tail, f.add_(s)) for f, s, tail in zip(firsts, static, self.head_tails)]
+        outs = [_run_layers(tail, _add(f, s))
+                for f, s, tail in zip(firsts, static, self.head_tails)]
         if len(outs) == 2:  # GaussianHead: (loc, scale)
             outs[1] = logvar_to_scale(outs[1])
         return outs
@@ -213,8 +222,6 @@ class VRNNSteps(ProtocolSteps):
 
     def dists(self, carry, t):
         model, guide = self.model, self.guide
-        if not self.factor_head:
-            raise AssertionError("VRNNSteps needs the library's guide head")
         h = model.cell.output(carry.h)
         firsts = list(self.h_merged(h))
         n = len(self.head_tails)
@@ -281,13 +288,11 @@ class SRNNSteps(ProtocolSteps):
 
     def dists(self, carry, t):
         guide = self.guide
-        if not self.factor_head:
-            raise AssertionError("SRNNSteps needs the library's guide head")
         firsts = list(self.z_merged(carry.z))
         n = len(self.head_tails)
         outs = self.head(firsts[:n], t)
         static = self.prior_static[:, t].split([f.shape[-1] for f in firsts[n:]], dim=-1)
-        p_loc, p_lv = (_run_layers(tail, f.add_(s))
+        p_loc, p_lv = (_run_layers(tail, _add(f, s))
                        for tail, f, s in zip(self.prior_tails, firsts[n:], static))
         if guide.residual:
             outs[0] = outs[0] + p_loc
@@ -307,10 +312,9 @@ STEPS = {VRNN: VRNNSteps, STORN: VRNNSteps, SRNN: SRNNSteps}
 
 def make_steps(model, guide) -> ProtocolSteps:
     """The per-step computation of ``model`` and ``guide`` (factored where known)."""
-    steps = STEPS.get(type(model), ProtocolSteps)
-    if steps is not ProtocolSteps and _head_networks(guide.head) is None:
-        steps = ProtocolSteps
-    return steps(model, guide)
+    standard = (_head_networks(getattr(guide, "head", None)) is not None
+                and type(guide).proposal is SequenceGuide.proposal)
+    return (STEPS.get(type(model), ProtocolSteps) if standard else ProtocolSteps)(model, guide)
 
 
 def _draw(q, shape):
