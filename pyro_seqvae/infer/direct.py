@@ -131,6 +131,10 @@ class ProtocolSteps:
     product per step. Subclasses factor a model's own networks in the same way.
     """
 
+    #: Work on the first ``n`` sequences of the batch only (None: all): the importance
+    #: sampler sorts a batch by length and drops the sequences that have ended.
+    n = None
+
     def __init__(self, model, guide):
         self.model, self.guide = model, guide
         nets = _head_networks(getattr(guide, "head", None))
@@ -155,7 +159,7 @@ class ProtocolSteps:
 
     def head(self, firsts, t):
         """``q``'s head outputs from its first layers' context blocks ``firsts`` (owned)."""
-        static = self.head_static[:, t].split([f.shape[-1] for f in firsts], dim=-1)
+        static = self.head_static[: self.n, t].split([f.shape[-1] for f in firsts], dim=-1)
         outs = [_run_layers(tail, _add(f, s))
                 for f, s, tail in zip(firsts, static, self.head_tails)]
         if len(outs) == 2:  # GaussianHead: (loc, scale)
@@ -167,9 +171,9 @@ class ProtocolSteps:
         :meth:`SequenceGuide.proposal` and the model's ``prior``; ``state`` goes to
         :meth:`after`."""
         guide, model = self.guide, self.model
-        pre_t = self.pre[:, t]
+        pre_t = self.pre[: self.n, t]
         if not self.factor_head:
-            q, prior_loc = guide.proposal(carry, self.summary[:, t], pre_t)[:2]
+            q, prior_loc = guide.proposal(carry, self.summary[: self.n, t], pre_t)[:2]
             return q, model.prior(carry, pre_t, loc=prior_loc), None
         outs = self.head(list(self.head_merged(model.context(carry, pre_t))), t)
         prior_loc = None
@@ -181,12 +185,13 @@ class ProtocolSteps:
     def after(self, carry, t, z_t, state):
         """``(what step t leaves for the emission, the next carry)``."""
         model = self.model
-        return model.emission_input(carry, z_t), model.advance(carry, self.pre[:, t], z_t)
+        return model.emission_input(carry, z_t), model.advance(carry, self.pre[: self.n, t], z_t)
 
     def emission_log_prob(self, x, t0, t1, records):
         """``log p(x_t | .)`` for steps ``t0 <= t < t1``: ``[..., B, t1 - t0]`` from the
         stacked records ``[..., B, t1 - t0, R]``."""
-        return self.model.emission_dist(self.pre[:, t0:t1], records).log_prob(x[:, t0:t1])
+        emission = self.model.emission_dist(self.pre[: self.n, t0:t1], records)
+        return emission.log_prob(x[: self.n, t0:t1])
 
 
 class VRNNSteps(ProtocolSteps):
@@ -233,7 +238,7 @@ class VRNNSteps(ProtocolSteps):
             if guide.residual:
                 outs[0] = outs[0] + p_loc
         else:
-            p = model.prior(carry, self.pre[:, t])
+            p = model.prior(carry, self.pre[: self.n, t])
         return guide.latent_dist(*outs), p, (firsts[-2], firsts[-1])
 
     def after(self, carry, t, z_t, state):
@@ -242,7 +247,7 @@ class VRNNSteps(ProtocolSteps):
                                F.linear(z_t, self.model.phi_z.layers[0].weight,
                                         self.model.phi_z.layers[0].bias))
         gi, dec_z = self.z_merged(features)
-        gi = gi + self.static_gates[:, t]
+        gi = gi + self.static_gates[: self.n, t]
         record = dec_z + dec_h          # the decoder's first layer on [phi_z(z_t), h_{t-1}]
         H = self.H
         if self.gru:  # torch.nn.GRUCell's equations
@@ -260,7 +265,7 @@ class VRNNSteps(ProtocolSteps):
 
     def emission_log_prob(self, x, t0, t1, records):
         model = self.model
-        return model.emission(_run_layers(self.dec_tail, records)).log_prob(x[:, t0:t1])
+        return model.emission(_run_layers(self.dec_tail, records)).log_prob(x[: self.n, t0:t1])
 
 
 class SRNNSteps(ProtocolSteps):
@@ -291,7 +296,7 @@ class SRNNSteps(ProtocolSteps):
         firsts = list(self.z_merged(carry.z))
         n = len(self.head_tails)
         outs = self.head(firsts[:n], t)
-        static = self.prior_static[:, t].split([f.shape[-1] for f in firsts[n:]], dim=-1)
+        static = self.prior_static[: self.n, t].split([f.shape[-1] for f in firsts[n:]], dim=-1)
         p_loc, p_lv = (_run_layers(tail, _add(f, s))
                        for tail, f, s in zip(self.prior_tails, firsts[n:], static))
         if guide.residual:
@@ -302,8 +307,8 @@ class SRNNSteps(ProtocolSteps):
         return z_t, carry._replace(z=z_t)
 
     def emission_log_prob(self, x, t0, t1, records):
-        first = F.linear(records, self.dec_z) + self.dec_static[:, t0:t1]
-        return self.model.emission(_run_layers(self.dec_tail, first)).log_prob(x[:, t0:t1])
+        first = F.linear(records, self.dec_z) + self.dec_static[: self.n, t0:t1]
+        return self.model.emission(_run_layers(self.dec_tail, first)).log_prob(x[: self.n, t0:t1])
 
 
 #: Model classes whose own networks are factored (exact types; subclasses use the protocol).
@@ -324,6 +329,16 @@ def _draw(q, shape):
     return q, (q.rsample() if q.has_rsample else q.sample())
 
 
+def _prefix_mask(mask, lengths) -> bool:
+    steps = torch.arange(mask.shape[1], device=mask.device)
+    return bool((mask == (steps < lengths.unsqueeze(1))).all())
+
+
+def _keep(carry, n):
+    return carry._replace(**{k: v[..., :n, :] for k, v in carry._asdict().items()
+                             if isinstance(v, torch.Tensor)})
+
+
 @torch.no_grad()
 def direct_log_weights(model, guide, x, mask, num_particles: int, *,
                        max_rows: int = DIRECT_MAX_ROWS) -> torch.Tensor:
@@ -332,7 +347,10 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
 
     With the same random numbers this equals
     :func:`~pyro_seqvae.infer.importance.log_importance_weights` drawn in the same passes
-    (one pass of ``K`` particles when ``K * B <= max_rows``).
+    (one pass of ``K`` particles when ``K * B <= max_rows``). With Gaussian latents and
+    padding at the end, the batch is sorted by length and a sequence leaves the computation
+    after its last step (its padded steps add nothing to its weight); its standard normals are
+    still drawn, so that every sequence gets the numbers the traced sampler gives it.
 
     :param model: a :class:`~pyro_seqvae.models.base.LatentSequenceModel`.
     :param guide: its :class:`~pyro_seqvae.guides.base.SequenceGuide`.
@@ -353,6 +371,16 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     B, T, _ = x.shape
     per_pass = max(1, min(num_particles, max_rows // B))
     steps = make_steps(model, guide)
+    lengths = mask.sum(-1)
+    # Normal.rsample is loc + eps * scale with eps drawn for the whole [K, B]: the ended
+    # sequences' numbers can be drawn and dropped (other families draw in their own way)
+    shrink = (steps.factor_head and guide.latent_dist is gaussian
+              and _prefix_mask(mask, lengths))
+    active = [B] * T
+    if shrink:
+        order = torch.argsort(lengths, descending=True, stable=True)
+        x, mask = x[order], mask[order]
+        active = mask.sum(0).tolist()
     parts = []
     for first in range(0, num_particles, per_pass):
         K = min(per_pass, num_particles - first)
@@ -361,18 +389,28 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
         carry = steps.start(x, mask)
         records, t0 = [], 0
         for t in range(T):
+            n = active[t]
+            if n != (steps.n or B):  # sequences have ended: keep the first n
+                carry = _keep(carry, n)
+                steps.n = n
             q, p, state = steps.dists(carry, t)
-            q, z_t = _draw(q, (K, B))
-            log_w += torch.where(mask[:, t], p.log_prob(z_t) - q.log_prob(z_t),
-                                 log_w.new_zeros(()))
+            if shrink:
+                eps = x.new_empty(K, B, model.z_dim).normal_()[:, order[:n]]
+                z_t = q.base_dist.loc + eps * q.base_dist.scale
+            else:
+                q, z_t = _draw(q, (K, B))
+            log_w[:, :n] += torch.where(mask[:n, t], p.log_prob(z_t) - q.log_prob(z_t),
+                                        log_w.new_zeros(()))
             record, carry = steps.after(carry, t, z_t, state)
             records.append(record)
-            if len(records) == window or t + 1 == T:
+            if len(records) == window or t + 1 == T or active[t + 1] != n:
                 stacked = torch.stack(torch.broadcast_tensors(*records), dim=-2)
                 log_x = steps.emission_log_prob(x, t0, t + 1, stacked)
-                log_w += torch.where(mask[:, t0:t + 1], log_x, log_x.new_zeros(())).sum(-1)
+                log_w[:, :n] += torch.where(mask[:n, t0:t + 1], log_x,
+                                            log_x.new_zeros(())).sum(-1)
                 records, t0 = [], t + 1
-        parts.append(log_w)
+        steps.n = None
+        parts.append(log_w[:, torch.argsort(order)] if shrink else log_w)
     return torch.cat(parts, dim=0)
 
 

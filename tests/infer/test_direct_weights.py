@@ -29,15 +29,17 @@ from pyro_seqvae.models import VRNN
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0):
+def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0, lengths=(4, 6, 2, 6)):
+    """A float64 pair with larger weights (the clamps and soft bounds are reached too) and a
+    padded batch whose lengths are not sorted (the direct path sorts and drops ended ones)."""
     pyro.set_rng_seed(1)
     model, guide = build_pair(*pair, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs)
     model.double()
     guide.double()
-    with torch.no_grad():  # larger weights: the clamps and the soft bounds are reached too
+    with torch.no_grad():
         for p in list(model.parameters()) + list(guide.parameters()):
             p.mul_(scale)
-    x, mask = tiny_batch(B=3, T=6, lengths=[6, 4, 2])
+    x, mask = tiny_batch(B=len(lengths), T=max(lengths), lengths=list(lengths))
     return model, guide, x.double(), mask
 
 
