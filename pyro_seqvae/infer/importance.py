@@ -6,6 +6,10 @@ reduce over the whole batch; here the weights are kept per sequence: the guide i
 ``pyro.plate("particles", K, dim=-2)``, the model replayed on it, and each site's masked
 ``log_prob`` (shape ``[K, B]``) summed. Particles are drawn in chunks so that memory stays
 bounded for K = 500 on long sequences.
+
+The library's own models and guides take a faster path by default, with the same weights
+(:mod:`~pyro_seqvae.infer.direct`: no traces, the z-independent parts once per sequence);
+the traced path stays for any other Pyro model and guide (``path="traced"``).
 """
 
 from __future__ import annotations
