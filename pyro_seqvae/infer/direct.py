@@ -390,6 +390,8 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
         records, t0 = [], 0
         for t in range(T):
             n = active[t]
+            if n == 0:  # only padding is left
+                break
             if n != (steps.n or B):  # sequences have ended: keep the first n
                 carry = _keep(carry, n)
                 steps.n = n

@@ -29,7 +29,8 @@ from pyro_seqvae.models import VRNN
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0, lengths=(4, 6, 2, 6)):
+def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0, lengths=(4, 6, 2, 6),
+                T=None):
     """A float64 pair with larger weights (the clamps and soft bounds are reached too) and a
     padded batch whose lengths are not sorted (the direct path sorts and drops ended ones)."""
     pyro.set_rng_seed(1)
@@ -39,7 +40,7 @@ def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0, lengths=(
     with torch.no_grad():
         for p in list(model.parameters()) + list(guide.parameters()):
             p.mul_(scale)
-    x, mask = tiny_batch(B=len(lengths), T=max(lengths), lengths=list(lengths))
+    x, mask = tiny_batch(B=len(lengths), T=T or max(lengths), lengths=list(lengths))
     return model, guide, x.double(), mask
 
 
@@ -72,6 +73,14 @@ def test_direct_weights_equal_the_traced_weights_for_variants(pair, model_kwargs
     model, guide, x, mask = double_pair(pair, model_kwargs, guide_kwargs)
     if model.emission.name == "gauss":
         x = x + 0.3 * torch.randn_like(x)
+    assert_same_weights(model, guide, x, mask)
+
+
+@pytest.mark.parametrize("pair", [("vrnn", "filter", True), ("tsbn", "smooth", False)],
+                         ids=pair_id)
+def test_steps_of_padding_only_at_the_end_add_nothing(pair):
+    """A batch cut from a longer one keeps steps where every sequence is padding."""
+    model, guide, x, mask = double_pair(pair, lengths=(3, 1, 2), T=6)
     assert_same_weights(model, guide, x, mask)
 
 
