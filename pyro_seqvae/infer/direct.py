@@ -16,10 +16,16 @@ come from the protocol of :class:`~pyro_seqvae.models.base.LatentSequenceModel` 
 - what does not depend on the particles is computed once per sequence, not once per particle:
   the model's ``precompute`` (SRNN's ``d_t``), the guide's summary (the smoothing guide's
   backward GRU), and the share of each first layer that reads them. A layer whose input is
-  ``[s_t, c]``, with ``s_t`` free of ``z``, computes ``W [s_t, c] + b = (W_s s_t + b) + W_c c``.
-  The bracket is one batched call over all steps (:class:`SplitFirstLayer`). This covers the
-  guide head's ``a_t`` block (every pair), SRNN's ``d_t`` blocks of the prior and the decoder,
-  and the ``phi_x(x_t)`` block of the VRNN's GRU input.
+  ``[s_t, c]``, with ``s_t`` free of ``z``, computes ``W [s_t, c] + b = (W_s s_t + b) + W_c c``;
+  the bracket is one batched call over all steps. This covers the guide head's ``a_t`` block
+  (every pair), SRNN's ``d_t`` blocks of the prior and the decoder, and the ``phi_x(x_t)``
+  block of the VRNN's GRU input;
+- the ``W_c c`` of all the first layers that read the same per-particle input ``c`` are one
+  matrix product (:class:`MergedFirstLayers`; VRNN: every layer on ``h_{t-1}``, and every one
+  on ``phi_z(z_t)``; SRNN: the guide head's and the prior's on ``z_{t-1}``), and the hidden
+  units act in place;
+- with Gaussian latents a batch is sorted by length and a sequence leaves the computation after
+  its last step (its normals are still drawn, so that the others get the same ones).
 
 With the same random numbers the weights equal the traced sampler's, to float rounding. This is
 tested in float64 for every model/guide pair of the registries. The path applies to the
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..guides.base import SequenceGuide
 from ..latents import LogitHead
 from ..layers import GaussianHead, _Clamp, logvar_to_scale
@@ -364,9 +371,9 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     """
     if not supports_direct(model, guide):
         check_guide_model(guide, model)
-        raise TypeError(f"direct_log_weights needs a LatentSequenceModel and a SequenceGuide "
-                        f"on the step protocol, got {type(model).__name__} and "
-                        f"{type(guide).__name__}")
+        raise ConfigError(f"the direct importance sampler needs a LatentSequenceModel and a "
+                          f"SequenceGuide on the step protocol, got {type(model).__name__} and "
+                          f"{type(guide).__name__}; use path='traced'")
     x, mask = model.check_batch(x, mask)
     B, T, _ = x.shape
     per_pass = max(1, min(num_particles, max_rows // B))

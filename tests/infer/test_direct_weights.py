@@ -12,6 +12,7 @@ import pytest
 import torch
 from common import LATENT_PAIRS, build_pair, pair_id, tiny_batch
 
+from pyro_seqvae.errors import ConfigError
 from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
 from pyro_seqvae.infer.direct import (
     ProtocolSteps,
@@ -111,13 +112,16 @@ def test_factored_steps_are_chosen_by_exact_type_and_unknown_pairs_stay_traced()
 
     model = MyVRNN(88, z_dim=3, rnn_dim=5, hidden_dim=7)
     assert type(make_steps(model, FilteringGuide(model, hidden_dim=7))) is ProtocolSteps
-    assert not supports_direct(model, MyGuide(model, hidden_dim=7))
+    mine = MyGuide(model, hidden_dim=7)
+    assert not supports_direct(model, mine)
+    x, mask = tiny_batch(B=2, T=4, lengths=[4, 3])
+    with pytest.raises(ConfigError, match="path='traced'"):
+        direct_log_weights(model, mine, x, mask, 2)
     other = VRNN(88, z_dim=3, rnn_dim=5, hidden_dim=7, name="Other")
     assert not supports_direct(other, SmoothingGuide(model, hidden_dim=7, summary_dim=5))
     # a subclass on the protocol: the direct path on the protocol methods, still exact
     model.double()
     guide = FilteringGuide(model, hidden_dim=7).double()
-    x, mask = tiny_batch(B=2, T=4, lengths=[4, 3])
     assert_same_weights(model, guide, x.double(), mask)
 
 
