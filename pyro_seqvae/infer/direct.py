@@ -37,6 +37,8 @@ protocol methods alone.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,10 +53,15 @@ from ..models.srnn import SRNN
 from ..models.storn import STORN
 from ..models.vrnn import VRNN
 
-#: Particle-steps held at once: K' * B particle rows per step (K' <= K particles per pass) times
-#: the steps of one emission window. 50,000 keeps K = 500 on the JSB test split (B = 16) under
-#: 1 GB of resident memory on CPU (``benchmarks/is_speed.py``).
+#: The default memory bound, in the traced sampler's unit (particle-steps of a draw).
 DIRECT_MAX_ROWS = 50_000
+
+#: The direct path holds one step of ``K' * B <= max_rows / ROWS_SHARE`` particle rows at a time
+#: (a step holds several tensors as wide as the networks, where the traced sampler keeps a few
+#: per particle-step): with the default bound, 6,250 rows, i.e. K = 500 of a 16-sequence batch in
+#: two passes of 250, peaking under 1 GB of resident memory on the JSB test split
+#: (``benchmarks/is_speed.py``).
+ROWS_SHARE = 8
 
 
 def supports_direct(model, guide) -> bool:
@@ -364,8 +371,9 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     :param torch.Tensor x: ``[B, T, D]``.
     :param torch.Tensor mask: ``[B, T]`` bool.
     :param int num_particles: ``K``.
-    :param int max_rows: memory bound: particle-steps held at once, i.e. ``K' * B`` rows per
-        step (``K'`` particles per pass) times the steps of one emission window.
+    :param int max_rows: memory bound, in particle-steps as for the traced sampler: a step of
+        ``K' * B <= max_rows / ROWS_SHARE`` particle rows at a time (``K'`` particles per pass,
+        passes of equal size), and emission windows of as many rows.
     :returns: ``[K, B]``.
     :rtype: torch.Tensor
     """
@@ -376,7 +384,9 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
                           f"{type(guide).__name__}; use path='traced'")
     x, mask = model.check_batch(x, mask)
     B, T, _ = x.shape
-    per_pass = max(1, min(num_particles, max_rows // B))
+    rows = max(1, max_rows // ROWS_SHARE)
+    passes = math.ceil(num_particles / max(1, rows // B))
+    per_pass = math.ceil(num_particles / passes)
     steps = make_steps(model, guide)
     lengths = mask.sum(-1)
     # Normal.rsample is loc + eps * scale with eps drawn for the whole [K, B]: the ended
@@ -391,7 +401,7 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     parts = []
     for first in range(0, num_particles, per_pass):
         K = min(per_pass, num_particles - first)
-        window = max(1, max_rows // (K * B))
+        window = max(1, rows // (K * B))
         log_w = x.new_zeros(K, B)
         carry = steps.start(x, mask)
         records, t0 = [], 0
@@ -423,5 +433,5 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
     return torch.cat(parts, dim=0)
 
 
-__all__ = ["DIRECT_MAX_ROWS", "MergedFirstLayers", "ProtocolSteps", "SRNNSteps", "VRNNSteps",
-           "direct_log_weights", "make_steps", "supports_direct"]
+__all__ = ["DIRECT_MAX_ROWS", "ROWS_SHARE", "MergedFirstLayers", "ProtocolSteps", "SRNNSteps",
+           "VRNNSteps", "direct_log_weights", "make_steps", "supports_direct"]

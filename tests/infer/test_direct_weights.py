@@ -15,6 +15,7 @@ from common import LATENT_PAIRS, build_pair, pair_id, tiny_batch
 from pyro_seqvae.errors import ConfigError
 from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
 from pyro_seqvae.infer.direct import (
+    ROWS_SHARE,
     ProtocolSteps,
     direct_log_weights,
     make_steps,
@@ -88,17 +89,17 @@ def test_steps_of_padding_only_at_the_end_add_nothing(pair):
 @pytest.mark.parametrize("pair", [("vrnn", "filter", False), ("srnn", "smooth", True),
                                   ("dmm", "smooth", True)], ids=pair_id)
 def test_passes_and_windows_equal_the_traced_chunks(pair):
-    """Two particles per pass (max_rows = 2 B): the emission is scored one step at a time and
-    the passes draw as the traced sampler's chunks of two particles do."""
+    """Two particles per pass (2 B rows per step): the emission is scored one step at a time
+    and the passes draw as the traced sampler's chunks of two particles do."""
     model, guide, x, mask = double_pair(pair)
     B, T = mask.shape
     pyro.set_rng_seed(4)
     traced = chunked_log_weights(model, guide, x, mask, 5, max_rows=2 * B * T, path="traced")
     pyro.set_rng_seed(4)
-    direct = direct_log_weights(model, guide, x, mask, 5, max_rows=2 * B)
+    direct = direct_log_weights(model, guide, x, mask, 5, max_rows=2 * B * ROWS_SHARE)
     torch.testing.assert_close(direct, traced, atol=1e-9, rtol=1e-12)
     pyro.set_rng_seed(4)
-    auto = chunked_log_weights(model, guide, x, mask, 5, max_rows=2 * B)
+    auto = chunked_log_weights(model, guide, x, mask, 5, max_rows=2 * B * ROWS_SHARE)
     torch.testing.assert_close(auto, direct, atol=0, rtol=0)
 
 
