@@ -14,6 +14,11 @@ Shapes (music size: ``Z=100, H=300, N=500``), as in ``pyro_seqvae.models`` and `
   decoder 800->500->88, encoder (FilteringGuide head) 800->500->100 (x2);
 - SRNN: GRU(88, 300) over ``x_{t-1}``, prior 400->500->100 (x2), decoder 400->500->88; smoothing
   guide: backward GRU(388, 300) within each length, head 400->500->100 (x2), Res_q mean.
+
+``log_weights(x, mask, K)`` is the plain importance sampler of the same networks (``is_speed.py``):
+``K`` particles per sequence drawn from the guide, all of them at once (leading dim ``K``), the
+log weight ``sum_t mask_t [log p(x_t | .) + log p(z_t | .) - log q(z_t | .)]`` accumulated step by
+step (emission included), written as one would by hand: no trace, no stored states.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ def reverse_padded(x, lengths):
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
+def masked(value, real):
+    return torch.where(real, value, value.new_zeros(()))
+
+
 class PlainVRNN(nn.Module):
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500):
         super().__init__()
@@ -119,6 +128,29 @@ class PlainVRNN(nn.Module):
         return ((bernoulli_log_prob(logits, x) - beta * kl) * mask).sum()
 
 
+    @torch.no_grad()
+    def log_weights(self, x, mask, num_particles):
+        """``[K, B]`` importance log weights with the VRNN encoder as proposal."""
+        K, (B, T, _) = num_particles, x.shape
+        px = self.phi_x(x)
+        h = x.new_zeros(K, B, self.rnn_dim)
+        log_w = x.new_zeros(K, B)
+        for t in range(T):
+            px_t = px[:, t].expand(K, B, px.shape[-1])
+            enc_in = torch.cat([px_t, h], -1)
+            q_loc, q_scale = self.encoder.loc(enc_in), self.encoder.scale(enc_in)
+            z = q_loc + q_scale * torch.randn_like(q_loc)
+            f = self.phi_z(z)
+            logits = self.decoder(torch.cat([f, h], -1))
+            step = (bernoulli_log_prob(logits, x[:, t].expand_as(logits))
+                    + normal_log_prob(z, self.prior.loc(h), self.prior.scale(h))
+                    - normal_log_prob(z, q_loc, q_scale))
+            log_w += masked(step, mask[:, t])
+            h = self.cell(torch.cat([px_t, f], -1).reshape(K * B, -1),
+                          h.reshape(K * B, -1)).reshape(K, B, -1)
+        return log_w
+
+
 class PlainSRNN(nn.Module):
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500):
         super().__init__()
@@ -160,3 +192,63 @@ class PlainSRNN(nn.Module):
         logits = self.decoder(torch.cat([torch.stack(zs, 1), d], -1))
         kl = torch.stack(log_q, 1) - torch.stack(log_p, 1)
         return ((bernoulli_log_prob(logits, x) - beta * kl) * mask).sum()
+
+    @torch.no_grad()
+    def log_weights(self, x, mask, num_particles):
+        """``[K, B]`` importance log weights with the smoothing guide + Res_q as proposal."""
+        K, (B, T, _) = num_particles, x.shape
+        u = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], 1)
+        d, _ = self.rnn(u)
+        lengths = mask.sum(-1)
+        a, _ = self.backward_rnn(reverse_padded(torch.cat([d, x], -1), lengths))
+        a = reverse_padded(a, lengths)
+        z_prev = x.new_zeros(K, B, self.z_dim)
+        log_w = x.new_zeros(K, B)
+        for t in range(T):
+            d_t = d[:, t].expand(K, B, d.shape[-1])
+            p_in = torch.cat([z_prev, d_t], -1)
+            p_loc = self.prior.loc(p_in)
+            q_in = torch.cat([a[:, t].expand(K, B, a.shape[-1]), z_prev], -1)
+            q_loc, q_scale = self.head.loc(q_in) + p_loc, self.head.scale(q_in)
+            z = q_loc + q_scale * torch.randn_like(q_loc)
+            logits = self.decoder(torch.cat([z, d_t], -1))
+            step = (bernoulli_log_prob(logits, x[:, t].expand_as(logits))
+                    + normal_log_prob(z, p_loc, self.prior.scale(p_in))
+                    - normal_log_prob(z, q_loc, q_scale))
+            log_w += masked(step, mask[:, t])
+            z_prev = z
+        return log_w
+
+
+def copy_mlp(src, dst: nn.Sequential):
+    """Copy a library ``MLP``'s linear layers into a plain ``nn.Sequential`` of the same shape."""
+    src_linear = [m for m in src.layers if isinstance(m, nn.Linear)]
+    dst_linear = [m for m in dst if isinstance(m, nn.Linear)]
+    assert len(src_linear) == len(dst_linear)
+    for a, b in zip(src_linear, dst_linear):
+        b.load_state_dict(a.state_dict())
+
+
+def copy_head(src, dst: Head):
+    copy_mlp(src.loc_net, dst.loc)
+    copy_mlp(src.logvar_net, dst.logvar)
+
+
+def load_library_weights(plain, model, guide):
+    """Copy the weights of the library's VRNN + FilteringGuide or SRNN + SmoothingGuide(Res_q)
+    into their plain twin, so that both compute the same function."""
+    if isinstance(plain, PlainVRNN):
+        copy_mlp(model.phi_x, plain.phi_x)
+        copy_mlp(model.phi_z, plain.phi_z)
+        plain.cell.load_state_dict(model.cell.cell.state_dict())
+        copy_head(model.prior_net, plain.prior)
+        copy_head(guide.head, plain.encoder)
+        copy_mlp(model.decoder, plain.decoder)
+    else:
+        plain.rnn.load_state_dict(model.rnn.rnn.state_dict())
+        copy_head(model.prior_net, plain.prior)
+        copy_mlp(model.decoder, plain.decoder)
+        plain.backward_rnn.load_state_dict(guide.backward_rnn.rnn.state_dict())
+        copy_head(guide.head, plain.head)
+    return plain
+

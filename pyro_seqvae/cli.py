@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SMC resampling scheme (default: systematic)")
     e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
     e.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
-                   help="memory bound: particle-steps per vectorised draw "
+                   help="memory bound: particle-steps held at once "
                         f"(default: {DEFAULT_MAX_ROWS})")
     e.add_argument("--out", default=None,
                    help="results JSON (default: <run>/eval_<split>_K<particles>.json)")

@@ -50,6 +50,12 @@ def soft_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return high - F.softplus(high - (low + F.softplus(x - low, beta=2.0)), beta=2.0)
 
 
+def logvar_to_scale(log_var: torch.Tensor) -> torch.Tensor:
+    """``exp(soft_clamp(log v) / 2)``: a standard deviation from a predicted log-variance, bounded
+    softly to ``(LOGVAR_MIN, LOGVAR_MAX)`` (:class:`GaussianHead`)."""
+    return (0.5 * soft_clamp(log_var, LOGVAR_MIN, LOGVAR_MAX)).exp()
+
+
 def broadcast_cat(tensors) -> torch.Tensor:
     """Concatenate along the last dimension after broadcasting the leading ones.
 
@@ -205,7 +211,7 @@ class GaussianHead(nn.Module):
         return self.loc_net(inputs)
 
     def scale(self, inputs: torch.Tensor) -> torch.Tensor:
-        return (0.5 * soft_clamp(self.logvar_net(inputs), LOGVAR_MIN, LOGVAR_MAX)).exp()
+        return logvar_to_scale(self.logvar_net(inputs))
 
     def forward(self, inputs: torch.Tensor):
         return self.loc(inputs), self.scale(inputs)

@@ -15,51 +15,24 @@ from common import tiny_batch
 from pyro.infer import Trace_ELBO
 
 from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
-from pyro_seqvae.layers import MLP
 from pyro_seqvae.models import SRNN, VRNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from plain_torch import PlainSRNN, PlainVRNN  # noqa: E402
+from plain_torch import PlainSRNN, PlainVRNN, load_library_weights  # noqa: E402
 
 SIZES = dict(z_dim=3, rnn_dim=5, hidden_dim=7)
-
-
-def copy_mlp(src: MLP, dst: torch.nn.Sequential):
-    src_linear = [m for m in src.layers if isinstance(m, torch.nn.Linear)]
-    dst_linear = [m for m in dst if isinstance(m, torch.nn.Linear)]
-    assert len(src_linear) == len(dst_linear)
-    for a, b in zip(src_linear, dst_linear):
-        b.load_state_dict(a.state_dict())
-
-
-def copy_head(src, dst):
-    copy_mlp(src.loc_net, dst.loc)
-    copy_mlp(src.logvar_net, dst.logvar)
 
 
 def srnn_pair():
     model = SRNN(88, **SIZES)
     guide = SmoothingGuide(model, residual=True, hidden_dim=7, summary_dim=5)
-    plain = PlainSRNN(88, **SIZES)
-    plain.rnn.load_state_dict(model.rnn.rnn.state_dict())
-    copy_head(model.prior_net, plain.prior)
-    copy_mlp(model.decoder, plain.decoder)
-    plain.backward_rnn.load_state_dict(guide.backward_rnn.rnn.state_dict())
-    copy_head(guide.head, plain.head)
-    return model, guide, plain
+    return model, guide, load_library_weights(PlainSRNN(88, **SIZES), model, guide)
 
 
 def vrnn_pair():
     model = VRNN(88, **SIZES)
     guide = FilteringGuide(model, hidden_dim=7, summary_dim=5)
-    plain = PlainVRNN(88, **SIZES)
-    copy_mlp(model.phi_x, plain.phi_x)
-    copy_mlp(model.phi_z, plain.phi_z)
-    plain.cell.load_state_dict(model.cell.cell.state_dict())
-    copy_head(model.prior_net, plain.prior)
-    copy_head(guide.head, plain.encoder)
-    copy_mlp(model.decoder, plain.decoder)
-    return model, guide, plain
+    return model, guide, load_library_weights(PlainVRNN(88, **SIZES), model, guide)
 
 
 @pytest.mark.parametrize("make", [srnn_pair, vrnn_pair], ids=["srnn-smooth-resq", "vrnn-filter"])
@@ -83,3 +56,25 @@ def test_plain_network_computes_the_librarys_elbo(make, two_pass):
         with torch.no_grad():
             baseline = plain.elbo(x, mask, beta, two_pass=two_pass)
         assert abs(float(baseline) - library) <= 1e-4 * abs(library), (beta, baseline, library)
+
+
+@pytest.mark.parametrize("make", [srnn_pair, vrnn_pair], ids=["srnn-smooth-resq", "vrnn-filter"])
+def test_plain_importance_sampler_computes_the_librarys_log_weights(make):
+    """``is_speed.py``'s plain sampler: with the same random numbers, its ``[K, B]`` log weights
+    equal those of the library's traced importance sampler (float64, K = 6, padded batch)."""
+    from pyro_seqvae.infer.importance import log_importance_weights
+
+    model, guide, plain = make()
+    for m in (model, guide, plain):
+        m.double()
+    x, mask = tiny_batch(3, 7, (7, 5, 2))
+    x = x.double()
+    with torch.no_grad():  # large weights: the clamp is reached
+        for p in list(model.parameters()) + list(guide.parameters()) + list(plain.parameters()):
+            p.mul_(4.0)
+    torch.manual_seed(5)
+    library = log_importance_weights(model, guide, x, mask, 6)
+    torch.manual_seed(5)
+    baseline = plain.log_weights(x, mask, 6)
+    assert baseline.shape == (6, 3)
+    torch.testing.assert_close(baseline, library, atol=1e-9, rtol=1e-12)

@@ -6,6 +6,10 @@ reduce over the whole batch; here the weights are kept per sequence: the guide i
 ``pyro.plate("particles", K, dim=-2)``, the model replayed on it, and each site's masked
 ``log_prob`` (shape ``[K, B]``) summed. Particles are drawn in chunks so that memory stays
 bounded for K = 500 on long sequences.
+
+The library's own models and guides take a faster path by default, with the same weights
+(:mod:`~pyro_seqvae.infer.direct`: no traces, the z-independent parts once per sequence);
+the traced path stays for any other Pyro model and guide (``path="traced"``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-#: Particle-steps per vectorised draw: K=500 on the JSB test split then peaks near 1 GB of RSS
-#: on CPU (100,000 peaked at 2-3.5 GB); larger is a little faster where memory allows.
+#: Particle-steps per vectorised draw of the traced path: K=500 on the JSB test split then peaks
+#: near 1 GB of RSS on CPU (100,000 peaked at 2-3.5 GB); the direct path holds this many
+#: particle-steps at once (particle rows of one step times an emission window).
 DEFAULT_MAX_ROWS = 50_000
 
 #: Pareto k-hat above which an importance-sampled estimate is not to be trusted (Vehtari et al.).
@@ -87,14 +92,31 @@ def log_importance_weights(model, guide, x, mask, num_particles: int) -> torch.T
     return torch.as_tensor(log_w).expand(num_particles, x.shape[0])
 
 
-def chunked_log_weights(model, guide, x, mask, num_particles: int, *,
-                        max_rows: int = DEFAULT_MAX_ROWS) -> torch.Tensor:
-    """:func:`log_importance_weights` drawn in chunks of at most ``max_rows`` particle-steps.
+#: How :func:`chunked_log_weights` computes the weights: ``auto`` (direct where
+#: :func:`~pyro_seqvae.infer.direct.supports_direct`, else traced), ``direct`` or ``traced``.
+PATHS = ("auto", "direct", "traced")
 
+
+def chunked_log_weights(model, guide, x, mask, num_particles: int, *,
+                        max_rows: int = DEFAULT_MAX_ROWS, path: str = "auto") -> torch.Tensor:
+    """``[K, B]`` log weights, drawn in chunks of at most ``max_rows`` particle-steps.
+
+    The library's latent models and guides take the direct path
+    (:func:`~pyro_seqvae.infer.direct.direct_log_weights`: no trace, the z-independent parts
+    once per sequence; the same weights); other pairs, or ``path="traced"``, take
+    :func:`log_importance_weights`, which traces the guide and replays the model.
+
+    :param str path: ``auto``, ``direct`` or ``traced``.
     :returns: ``[K, B]``.
     """
+    from .direct import direct_log_weights, supports_direct
+
+    if path not in PATHS:
+        raise ConfigError(f"path must be one of {list(PATHS)}, got {path!r}")
     if not model.has_latents:  # exact likelihood: every weight is log p(x)
         return log_importance_weights(model, guide, x, mask, 1).expand(num_particles, -1)
+    if path == "direct" or (path == "auto" and supports_direct(model, guide)):
+        return direct_log_weights(model, guide, x, mask, num_particles, max_rows=max_rows)
     chunk = max(1, max_rows // (x.shape[0] * x.shape[1]))
     parts = []
     for start in range(0, num_particles, chunk):
@@ -191,7 +213,7 @@ def summarise_log_weights(log_w: torch.Tensor):
 
 def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
                             max_rows: int = DEFAULT_MAX_ROWS, progress=None, method: str = "is",
-                            resampling: str = "systematic"):
+                            resampling: str = "systematic", path: str = "auto"):
     """Estimate ``log p(x)`` for every sequence of ``batches``: importance sampling or SMC.
 
     :param model: the model (evaluated at ``beta = 1``).
@@ -204,6 +226,8 @@ def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
     :param str method: ``is`` (importance sampling, with PSIS k-hat) or ``smc`` (sequential
         Monte Carlo, :func:`~pyro_seqvae.infer.smc.estimate_smc_log_likelihood`).
     :param str resampling: SMC's scheme (``systematic`` or ``multinomial``).
+    :param str path: how IS computes its weights (:func:`chunked_log_weights`): ``auto`` (the
+        direct path where it applies), ``direct`` or ``traced``.
     :rtype: ImportanceEstimate or ~pyro_seqvae.infer.smc.SMCEstimate
     """
     if method == "smc":
@@ -220,7 +244,8 @@ def estimate_log_likelihood(model, guide, batches, *, num_particles: int = 500,
     for number, batch in enumerate(batches):
         x, mask = (batch.x, batch.mask) if hasattr(batch, "mask") else batch
         check_real_steps(mask, f"estimate_log_likelihood: batch {number}")
-        log_w = chunked_log_weights(model, guide, x, mask, num_particles, max_rows=max_rows)
+        log_w = chunked_log_weights(model, guide, x, mask, num_particles, max_rows=max_rows,
+                                    path=path)
         for key, value in zip(("log_p", "stderr", "elbo", "elbo_stderr"),
                               summarise_log_weights(log_w)):
             cols[key].append(value.cpu().numpy())

@@ -3,7 +3,8 @@
 DESIGN.md, "Objective and evaluation": K particles per sequence, vectorised as leading dims
 ``[K, B]``. At step ``t`` each particle draws ``z_t^k ~ q(z_t | .)`` (the guide's
 :meth:`~pyro_seqvae.guides.base.SequenceGuide.proposal`, the very formula of the guide's Pyro
-sites) and adds the incremental weight
+sites, computed as in :mod:`~pyro_seqvae.infer.direct`: z-independent parts once per sequence)
+and adds the incremental weight
 
     ``log w_t^k = log p(x_t | .) + log p(z_t^k | .) - log q(z_t^k | .)``.
 
@@ -31,6 +32,7 @@ import torch
 from ..errors import ConfigError
 from ..layers import register_params
 from ..models.base import _as_beta
+from .direct import make_steps
 
 #: Resampling schemes of :func:`run_smc`.
 RESAMPLING = ("systematic", "multinomial", "never")
@@ -140,9 +142,8 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
     K = num_particles
     B, T, _ = x.shape
     log_k = math.log(K)
-    pre = model.precompute(x, mask)
-    summary = guide.summarise(x, mask, pre)
-    carry = _map_carry(model.initial_carry(x), lambda v: v.expand((K,) + v.shape))
+    steps = make_steps(model, guide)
+    carry = _map_carry(steps.start(x, mask), lambda v: v.expand((K,) + v.shape))
     log_w = x.new_zeros(K, B)
     log_z = x.new_zeros(B)
     proposal_objective = x.new_zeros(B) if nasmc else None
@@ -152,15 +153,15 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
     lengths = mask.sum(-1)
     draw_rsample = reparameterized and not nasmc
     for t in range(T):
-        pre_t, real = pre[:, t], mask[:, t]
-        q_t, prior_loc = guide.proposal(carry, summary[:, t], pre_t)[:2]
+        real = mask[:, t]
+        q_t, p_t, state = steps.dists(carry, t)
         # binary latents (TSBN) have no rsample: their draws carry no gradient (FIVO refuses
         # to train them; see FIVO.loss_and_grads)
         z_t = q_t.rsample() if draw_rsample and q_t.has_rsample else q_t.sample()
         log_q = q_t.log_prob(z_t)                                               # [K, B]
-        log_p = model.prior(carry, pre_t, loc=prior_loc).log_prob(z_t)
-        record = model.emission_input(carry, z_t).unsqueeze(-2)
-        log_x = model.emission_dist(pre[:, t:t + 1], record).log_prob(x[:, t:t + 1])[..., 0]
+        log_p = p_t.log_prob(z_t)
+        record, next_carry = steps.after(carry, t, z_t, state)
+        log_x = steps.emission_log_prob(x, t, t + 1, record.unsqueeze(-2))[..., 0]
         increment = log_x + beta * (log_p - (log_q.detach() if nasmc else log_q))
         log_w = log_w + torch.where(real, increment, increment.new_zeros(()))
         if nasmc:
@@ -169,7 +170,7 @@ def run_smc(model, guide, x, mask, *, num_particles: int, resampling: str = "sys
                 real, (weights * log_q).sum(0), log_q.new_zeros(()))
         ess = effective_sample_size(log_w.detach())
         ess_trace[t] = torch.where(real, ess, ess.new_full((), math.nan))
-        carry = model.advance(carry, pre_t, z_t)
+        carry = next_carry
         if resampling == "never" or t + 1 == T:
             continue
         resample = (ess < threshold * K) & (t + 1 < lengths)

@@ -154,11 +154,11 @@ def test_chunks_respect_the_row_bound_and_keep_the_shape(monkeypatch):
         return real(model, guide, x, mask, num_particles)
 
     monkeypatch.setattr(importance, "log_importance_weights", counting)
-    log_w = chunked_log_weights(model, guide, x, mask, 23, max_rows=18 * 5)
+    log_w = chunked_log_weights(model, guide, x, mask, 23, max_rows=18 * 5, path="traced")
     assert sizes == [5, 5, 5, 5, 3]
     assert log_w.shape == (23, 3) and torch.isfinite(log_w).all()
     sizes.clear()
-    assert chunked_log_weights(model, guide, x, mask, 3, max_rows=1).shape == (3, 3)
+    assert chunked_log_weights(model, guide, x, mask, 3, max_rows=1, path="traced").shape == (3, 3)
     assert sizes == [1, 1, 1]  # fewer rows than one particle needs: one particle at a time
 
 
