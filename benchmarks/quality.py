@@ -6,13 +6,19 @@ run folder per configuration under ``--runs-dir``), reloads the checkpoint with 
 validation ELBO, and scores the test split with
 :func:`pyro_seqvae.infer.evaluation.evaluate_split`: the ELBO per step and the
 importance-sampled log-likelihood per step (K particles), frame-weighted, with Monte-Carlo
-standard errors and PSIS k-hat. Results go to ``benchmarks/results/quality_<data>.json``
+standard errors and PSIS k-hat; then it draws free-running samples and compares them with the
+test split (issue 12: samples with a step of more than 12 notes, notes per step, pitch-class
+distance; ``--samples 0`` skips it). Results go to ``benchmarks/results/quality_<data>.json``
 (written after every configuration, so a cut-off run leaves its finished rows) and a markdown
 table is printed next to the published numbers of DESIGN.md.
 
 Example (the run quoted in the README; see the JSON for the exact command)::
 
     python benchmarks/quality.py --epochs 5 --particles 100
+
+Sample statistics for the rows of an earlier result file, from the run folders it kept::
+
+    python benchmarks/quality.py --add-samples benchmarks/results/quality_jsb_srnn_t3.json
 
 Quick smoke run::
 
@@ -35,6 +41,7 @@ import torch
 
 from pyro_seqvae.data import load_dataset
 from pyro_seqvae.infer.evaluation import evaluate_split
+from pyro_seqvae.infer.sample_stats import sample_statistics
 from pyro_seqvae.training import TrainConfig, Trainer
 from pyro_seqvae.training.checkpoint import load_checkpoint, restore_modules
 from pyro_seqvae.training.runlog import environment
@@ -129,6 +136,51 @@ class BudgetTrainer(Trainer):
         return super().train_epoch(split)
 
 
+def sample_summary(model, reference, *, num: int, steps: int, seeds) -> dict:
+    """Free-running samples of ``model`` against ``reference`` rolls, for each sampling seed.
+
+    :param model: a trained sequence model with a binary emission.
+    :param reference: the test split's rolls (list of ``[T_i, D]``).
+    :param int num: samples per seed; ``steps``: their length.
+    :param seeds: sampling seeds; the first one's full statistics are kept
+        (:func:`~pyro_seqvae.infer.sample_stats.sample_statistics`).
+    :returns: per-seed counts of samples with a step of more than 12 notes (``dense``),
+        notes per step and pitch-class TV, their totals, and the reference's notes per step.
+    """
+    per_seed, first = [], None
+    for seed in seeds:
+        with torch.no_grad():
+            stats = sample_statistics(model, reference, num_samples=num, num_steps=steps,
+                                      seed=seed)
+        first = first or stats
+        per_seed.append({"seed": seed,
+                         "dense": round(num * stats["samples"]["share_sequences_dense"]),
+                         "notes_per_step_mean": stats["samples"]["notes_per_step_mean"],
+                         "notes_per_step_max": stats["samples"]["notes_per_step_max"],
+                         "pitch_class_tv": stats["pitch_class_tv"],
+                         "pitch_tv": stats["pitch_tv"]})
+    reference_mean = first["reference"]["notes_per_step_mean"]
+    mean_all = sum(r["notes_per_step_mean"] for r in per_seed) / len(per_seed)
+    return {"num_samples": num, "num_steps": steps, "seeds": list(seeds),
+            "dense_first_seed": per_seed[0]["dense"],
+            "dense_total": sum(r["dense"] for r in per_seed),
+            "num_total": num * len(per_seed),
+            "notes_per_step_first_seed": per_seed[0]["notes_per_step_mean"],
+            "notes_per_step_all_seeds": mean_all,
+            "reference_notes_per_step": reference_mean,
+            "notes_per_step_ratio": mean_all / reference_mean,
+            "pitch_class_tv_first_seed": first["pitch_class_tv"],
+            "per_seed": per_seed, "first_seed": first}
+
+
+def print_sample_summary(name: str, summary: dict) -> None:
+    print(f"[{name}] samples with a step > 12 notes: {summary['dense_first_seed']}/"
+          f"{summary['num_samples']} (seed {summary['seeds'][0]}), {summary['dense_total']}/"
+          f"{summary['num_total']} (seeds {summary['seeds']}); notes per step "
+          f"{summary['notes_per_step_all_seeds']:.2f} (data "
+          f"{summary['reference_notes_per_step']:.2f})", flush=True)
+
+
 def run_config(name: str, splits, args) -> dict:
     fields, label = CONFIGS[name]
     model_kwargs, guide_kwargs = size_kwargs(fields["model"], args)
@@ -172,10 +224,15 @@ def run_config(name: str, splits, args) -> dict:
         "seconds_per_epoch": [r["seconds"] for r in history],
         "history": history, "test": scores, "run_dir": str(out_dir),
     }
+    if args.samples > 0:
+        row["sample_stats"] = sample_summary(model, splits.test.sequences, num=args.samples,
+                                             steps=args.sample_steps, seeds=args.sample_seeds)
     print(f"[{name}] {len(history)} epochs in {train_seconds:.0f}s, best epoch "
           f"{payload['epoch']} (valid {payload['best_valid']:.3f}); test ELBO "
           f"{scores['elbo_per_step']:.3f}, IS LL {scores['is_log_likelihood_per_step']:.3f} "
           f"(K={args.particles}, {eval_seconds:.0f}s)", flush=True)
+    if "sample_stats" in row:
+        print_sample_summary(name, row["sample_stats"])
     return row
 
 
@@ -197,19 +254,26 @@ def markdown_table(result: dict) -> str:
     K = (settings[0] if isinstance(settings, list) else settings)["particles"]
     lines = [
         f"| configuration | epochs (best) | train min | valid ELBO | test ELBO | "
-        f"test IS log-lik (K={K}) | k-hat max (>0.7) | published ({key}) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"test IS log-lik (K={K}) | k-hat max (>0.7) | samples with a step > 12 notes | "
+        f"notes per step | published ({key}) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         t = row["test"]
         khat = "n/a (exact)" if row["config"]["model"] == "rnn" else (
             f"{fmt(t['khat_max'], digits=2)} ({t['khat_over_0_7']}/{t['num_sequences']})")
+        ss = row.get("sample_stats")
+        dense = "n/a" if ss is None else (
+            f"{ss['dense_first_seed']}/{ss['num_samples']}; "
+            f"{ss['dense_total']}/{ss['num_total']}")
+        notes = "n/a" if ss is None else (f"{ss['notes_per_step_all_seeds']:.2f} (data "
+                                          f"{ss['reference_notes_per_step']:.2f})")
         lines.append(
             f"| {row['label']} | {row['epochs_run']} ({row['best_epoch']}) | "
             f"{row['train_seconds'] / 60:.1f} | {fmt(row['best_valid_elbo_per_step'])} | "
             f"{fmt(t['elbo_per_step'], t['elbo_stderr_per_step'])} | "
             f"{fmt(t['is_log_likelihood_per_step'], t['is_stderr_per_step'])} | {khat} | "
-            f"{published.get(row['name'], '—')} |")
+            f"{dense} | {notes} | {published.get(row['name'], '—')} |")
     lines.append("")
     lines.append(f"nats per time step on the test split, frame-weighted, ± Monte-Carlo standard "
                  f"error; {PUBLISHED_NOTE}.")
@@ -238,6 +302,15 @@ def parse_args(argv=None):
     p.add_argument("--rnn-dim", type=int, default=None)
     p.add_argument("--hidden-dim", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--samples", type=int, default=16,
+                   help="free-running samples per sampling seed for the sample statistics "
+                        "(0: skip them)")
+    p.add_argument("--sample-steps", type=int, default=128, help="length of each sample")
+    p.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="sampling seeds; the first one's full statistics are kept")
+    p.add_argument("--add-samples", default=None, metavar="JSON",
+                   help="add sample statistics to the rows of this result file from the run "
+                        "folders it kept (best checkpoints), rewrite it, and exit")
     p.add_argument("--runs-dir", default="benchmarks/runs")
     p.add_argument("--out", default=None,
                    help="results JSON (default benchmarks/results/quality_<data>.json)")
@@ -263,10 +336,36 @@ def merge(paths, out):
     return result
 
 
+def add_samples(path, args):
+    """Sample statistics for every row of an earlier result file, from its run folders."""
+    from pyro_seqvae.cli import _load_run
+
+    result = json.loads(Path(path).read_text())
+    splits = load_dataset(result["data"])
+    for row in result["rows"]:
+        model, _, _, payload, _ = _load_run(row["run_dir"], "cpu")
+        if payload["epoch"] != row["best_epoch"]:
+            raise SystemExit(f"{row['run_dir']}: best checkpoint is from epoch "
+                             f"{payload['epoch']}, the result file's row from epoch "
+                             f"{row['best_epoch']}: not the same run")
+        row["sample_stats"] = sample_summary(model, splits.test.sequences, num=args.samples,
+                                             steps=args.sample_steps, seeds=args.sample_seeds)
+        row["sample_stats"]["added_by"] = "python " + " ".join(shlex.quote(a)
+                                                               for a in sys.argv)
+        print_sample_summary(row["name"], row["sample_stats"])
+    Path(path).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.add_samples:
+        result = add_samples(args.add_samples, args)
+        print(markdown_table(result))
+        print(f"\nwrote {args.add_samples}")
+        return
     key = data_key(args.data)
     out = Path(args.out or f"benchmarks/results/quality_{key}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
