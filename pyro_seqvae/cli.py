@@ -24,6 +24,7 @@ from .cli_checks import (
 )
 from .errors import ConfigError, SeqVAEError
 from .infer.importance import DEFAULT_MAX_ROWS
+from .models.feedback_noise import DEFAULT_INPUT_FLIP_MODELS
 
 logger = logging.getLogger("pyro_seqvae")
 
@@ -359,9 +360,9 @@ def _train(args, parallel) -> int:
         raise ConfigError("--layers applies to tsbn only")
     for option in ("input_dropout", "input_flip"):
         if getattr(args, option) is not None and \
-                args.model.lower() not in ("rnn", "srnn", "vrnn", "storn"):
-            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn, srnn, vrnn and "
-                              f"storn (the models that read their notes back), not "
+                args.model.lower() not in DEFAULT_INPUT_FLIP_MODELS:
+            raise ConfigError(f"--{option.replace('_', '-')} applies to rnn, srnn, vrnn, "
+                              f"storn and tsbn (the models that read their notes back), not "
                               f"{args.model.lower()}")
     if args.input_dropout is not None:
         model_kwargs["input_dropout"] = args.input_dropout

@@ -107,7 +107,7 @@ BAD = [
     ("storn-residual", train("--model", "storn", "--residual"), "STORN"),
     ("rnn-smooth", train("--model", "rnn", "--guide", "smooth"), "RNN"),
     ("input-flip-dmm", train("--model", "dmm", "--input-flip", 0.1),
-     "--input-flip applies to rnn, srnn, vrnn and storn"),
+     "--input-flip applies to rnn, srnn, vrnn, storn and tsbn"),
     ("input-dropout-one", train("--input-dropout", 1), "input_dropout must be in [0, 1), got 1.0"),
     ("components-zero", train("--emission", "gmm", "--num-components", 0, data="{root}/wavs"),
      "num_components must be a positive integer, got 0"),

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 DEFAULT_INPUT_FLIP = 0.02
 #: The models that get :data:`DEFAULT_INPUT_FLIP` in a training run (measured, README issue 12):
 #: every model that reads its notes back (VRNN and STORN: the ``x_t`` entering ``phi_x``).
-DEFAULT_INPUT_FLIP_MODELS = ("rnn", "srnn", "vrnn", "storn")
+DEFAULT_INPUT_FLIP_MODELS = ("rnn", "srnn", "vrnn", "storn", "tsbn")
 
 
 def check_rate(name: str, value) -> float:

@@ -11,9 +11,10 @@ from torch import nn
 from ..errors import ConfigError, IncompatibleGuideError
 from ..layers import check_positive_int, shift_right
 from .base import LatentSequenceModel
+from .feedback_noise import FeedbackNoise
 
 
-class TSBN(LatentSequenceModel):
+class TSBN(FeedbackNoise, LatentSequenceModel):
     """The temporal sigmoid belief network: binary latents ``z_t`` in ``{0, 1}^H``.
 
     - prior ``p(z_t | z_{t-1}, x_{t-1}) = Bernoulli(sigmoid(W1 z_{t-1} + W3 x_{t-1} + b))``;
@@ -40,6 +41,10 @@ class TSBN(LatentSequenceModel):
     :param int z_dim: total number of binary latent units per step (100), split evenly over
         the layers.
     :param int layers: stacked latent layers ``L`` (1: the TSBN; 2: a deep TSBN).
+    :param float input_dropout: in training steps, drop each key of the fed-back ``x_{t-1}``
+        with this probability (:mod:`~pyro_seqvae.models.feedback_noise`; default 0).
+    :param float input_flip: in training steps, flip each key of the fed-back ``x_{t-1}`` with
+        this probability (default 0).
 
     Example::
 
@@ -52,9 +57,10 @@ class TSBN(LatentSequenceModel):
     has_learned_prior_loc = False
 
     def __init__(self, x_dim=88, *, z_dim=100, layers=1, emission="bernoulli",
-                 emission_kwargs=None, name=None):
+                 emission_kwargs=None, input_dropout=0.0, input_flip=0.0, name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,
                          name=name)
+        self._set_feedback_noise(input_dropout, input_flip)
         self.layers = check_positive_int("layers", layers)
         if z_dim % layers:
             raise ConfigError(f"z_dim must be a multiple of layers={layers} (the units are "
@@ -76,8 +82,9 @@ class TSBN(LatentSequenceModel):
 
     @pyro_method
     def precompute(self, x, mask):
-        """``[x_{t-1}, W3 x_{t-1} + b]``: ``[B, T, D + Z]``, one batched call."""
-        u = shift_right(x)
+        """``[u_t, W3 u_t + b]`` with ``u_t = x_{t-1}`` (corrupted in training steps when
+        ``input_flip``/``input_dropout`` are set): ``[B, T, D + Z]``, one batched call."""
+        u = self.feedback(shift_right(x))
         return torch.cat([u, self.prior_x(u)], dim=-1)
 
     @pyro_method

@@ -36,7 +36,7 @@ def _log_p_x(model, x, mask, guide=None):
     return tr.nodes["x"]["fn"].log_prob(x).sum()
 
 
-@pytest.mark.parametrize("name", ["rnn", "srnn", "vrnn", "storn"])
+@pytest.mark.parametrize("name", ["rnn", "srnn", "vrnn", "storn", "tsbn"])
 def test_noise_only_in_training_steps(name):
     pyro.clear_param_store()
     torch.manual_seed(1)
