@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a Bernoulli decoder's output bias at the data's key log-odds; "
                         "without it samples collapse into half the keyboard (default: on)")
     t.add_argument("--input-dropout", type=float, default=None,
-                   help="rnn, srnn, vrnn, storn: in training steps drop each fed-back note "
+                   help="rnn, srnn, vrnn, storn, tsbn: in training steps drop each fed-back note "
                         "(u_t = x_{t-1}; VRNN/STORN: x_t into the recurrence) with this "
                         "probability (default: 0)")
     t.add_argument("--input-flip", type=float, default=None,
