@@ -85,8 +85,8 @@ class TrainConfig:
         data's key log-odds (:func:`~pyro_seqvae.models.output_init.init_output_bias`); without
         it free-running samples collapse into half the keyboard (issue 12).
     :param float input_flip: models that read their notes back (``rnn``, ``srnn``, ``tsbn``:
-        ``u_t = x_{t-1}``; ``vrnn``, ``storn``: the ``x_t`` into ``phi_x``): in training steps flip each
-        key of that input with this probability
+        ``u_t = x_{t-1}``; ``vrnn``, ``storn``: the ``x_t`` into ``phi_x``): in training steps
+        flip each key of that input with this probability
         (:mod:`~pyro_seqvae.models.feedback_noise`), so that sampled chords do not derail the
         recurrent state (issue 12); ``model_kwargs["input_flip"]`` overrides it, the DMM
         ignores it, and a checkpoint keeps the value it was
