@@ -109,22 +109,23 @@ def check_reuse(model, guide, x, mask, seed):
 
 
 def guide_latents(model, guide, x, mask):
-    """The guide's z samples, locs and scales on data: ``[B, T, Z]`` each."""
+    """The guide's z samples and standard deviations on data: ``[B, T, Z]`` each (the scale of
+    a Gaussian q, ``sqrt(p (1 - p))`` of the TSBN's Bernoulli units)."""
     tr = poutine.trace(guide).get_trace(x, mask, 1.0)
     T = x.shape[1]
     z = torch.stack([tr.nodes[f"z_{t + 1}"]["value"] for t in range(T)], 1)
-    scale = torch.stack([tr.nodes[f"z_{t + 1}"]["fn"].base_dist.base_dist.scale
+    scale = torch.stack([tr.nodes[f"z_{t + 1}"]["fn"].base_dist.base_dist.stddev
                          for t in range(T)], 1)
     return z, scale
 
 
 def prior_scales(model, x, z):
-    """The prior's scale at each step along a trajectory (x, z)."""
+    """The prior's standard deviation at each step along a trajectory (x, z)."""
     pre = model.precompute(x, None)
     carry = model.initial_carry(x)
     scales = []
     for t in range(x.shape[1]):
-        scales.append(model.prior(carry, pre[:, t]).base_dist.scale)
+        scales.append(model.prior(carry, pre[:, t]).base_dist.stddev)
         carry = model.advance(carry, pre[:, t], z[:, t])
     return torch.stack(scales, 1)
 
