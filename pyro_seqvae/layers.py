@@ -298,6 +298,12 @@ class SequenceRNN(nn.Module):
         return out[..., 0, :], state
 
 
+def previous_frame(x: torch.Tensor, t: int) -> torch.Tensor:
+    """``u_t = x_{t-1}`` of one step (``0`` at ``t = 0``): ``[B, T, D] -> [B, D]``, the step of
+    :func:`shift_right` that step-by-step sampling needs."""
+    return x[:, t - 1] if t > 0 else x.new_zeros(x.shape[0], x.shape[-1])
+
+
 def shift_right(x: torch.Tensor) -> torch.Tensor:
     """Return ``u`` with ``u_t = x_{t-1}`` and ``u_1 = 0``: ``[B, T, D] -> [B, T, D]``."""
     return torch.cat([x.new_zeros(x.shape[:-2] + (1, x.shape[-1])), x[..., :-1, :]], dim=-2)

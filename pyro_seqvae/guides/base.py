@@ -208,6 +208,7 @@ class SequenceGuide(BlockHolder, PyroModule):
         with pyro.plate("sequences", B, dim=-1):
             if self.baseline != "none":
                 shape, steps_left = self._baseline_setup(mask, T)
+            if self.baseline == "nvil":
                 # k = L - t + 1 as integers, 0 on padded steps (NVIL's running means by k)
                 steps_int = (steps_left.squeeze(-1) * STEPS_SCALE).round().long() * mask
             for t in pyro.markov(range(T)):

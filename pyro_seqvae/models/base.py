@@ -200,6 +200,10 @@ class LatentSequenceModel(SequenceModel):
     #: True when ``precompute`` already returns learned features of ``x_t`` (VRNN's phi_x),
     #: which the filtering guide then uses as its summary ``a_t`` directly.
     features_are_learned = False
+    #: True when ``pre_t`` reads ``x_t`` itself (VRNN's ``phi_x(x_t)``), not only ``x_{<t}``:
+    #: sampling then recomputes it once ``x_t`` is drawn (SRNN's ``d_t``, TSBN's and the DMM's
+    #: features read ``x_{<t}`` only and are computed once per step).
+    precompute_reads_x_t = True
 
     def __init__(self, x_dim=88, *, z_dim=100, emission="bernoulli", emission_kwargs=None,
                  name=None):
@@ -229,8 +233,9 @@ class LatentSequenceModel(SequenceModel):
         """``pre_t`` ``[B, F]`` of :meth:`precompute` for one step, for step-by-step sampling.
 
         ``pre_t`` may read ``x[:, :t + 1]`` only; ``state`` is what the call for step ``t - 1``
-        returned (``None`` at ``t = 0``). :meth:`sample` calls it twice per step with the same
-        ``state`` (before and after ``x_t`` is drawn) and keeps the second state. The default
+        returned (``None`` at ``t = 0``). :meth:`sample` calls it before ``x_t`` is drawn and,
+        when :attr:`precompute_reads_x_t`, again after with the same ``state``, keeping the
+        second result. The default
         recomputes :meth:`precompute` over the whole prefix, ``O(t)`` per step; models with a
         recurrent or per-step precompute override it so that sampling is ``O(T)``.
 
@@ -342,7 +347,8 @@ class LatentSequenceModel(SequenceModel):
             if t >= P:
                 record = self.emission_input(carry, z_t).unsqueeze(-2)
                 x[:, t] = self.emission_dist(pre_t.unsqueeze(-2), record).sample()[:, 0]
-                pre_t, next_state = self.precompute_step(x, t, state)
+                if self.precompute_reads_x_t:
+                    pre_t, next_state = self.precompute_step(x, t, state)
             carry, state = self.advance(carry, pre_t, z_t), next_state
         return x
 

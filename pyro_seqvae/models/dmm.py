@@ -73,6 +73,8 @@ class DMM(LatentSequenceModel):
     :param int emission_dim: hidden width of the emitter's two layers.
     """
 
+    precompute_reads_x_t = False  # no features
+
     def __init__(self, x_dim=88, *, z_dim=100, transition_dim=200, emission_dim=100,
                  emission="bernoulli", emission_kwargs=None, name=None):
         super().__init__(x_dim, z_dim=z_dim, emission=emission, emission_kwargs=emission_kwargs,

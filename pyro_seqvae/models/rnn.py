@@ -12,6 +12,7 @@ from ..layers import (
     PAPER_CLIP,
     SequenceRNN,
     check_positive_int,
+    previous_frame,
     register_params,
     shift_right,
 )
@@ -81,8 +82,7 @@ class RNN(FeedbackNoise, SequenceModel):
         # h_t = f(h_{t-1}, x_{t-1}), one step at a time (O(T)); the prefix in one fused call
         state = self._prefix_state(x[:, :P]) if P else None
         for t in range(P, num_steps):
-            u_t = x[:, t - 1] if t > 0 else x.new_zeros(num_sequences, self.x_dim)
-            predictive, state = self._predict_step(u_t, state)
+            predictive, state = self._predict_step(previous_frame(x, t), state)
             x[:, t] = predictive.sample()[:, 0]
         return x
 

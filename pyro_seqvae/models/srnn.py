@@ -11,6 +11,7 @@ from ..layers import (
     GaussianHead,
     SequenceRNN,
     broadcast_cat,
+    previous_frame,
     shift_right,
 )
 from .base import LatentSequenceModel, gaussian
@@ -45,6 +46,8 @@ class SRNN(FeedbackNoise, LatentSequenceModel):
         guide = SmoothingGuide(model, residual=True)   # the paper's best: smoothing + Res_q
     """
 
+    precompute_reads_x_t = False  # d_t reads x_{<t}
+
     def __init__(self, x_dim=88, *, z_dim=100, rnn_dim=300, hidden_dim=500, rnn_type="gru",
                  hidden_layers=1, activation=PAPER_ACTIVATION, clip=PAPER_CLIP,
                  emission="bernoulli", emission_kwargs=None, input_dropout=0.0, input_flip=0.0,
@@ -69,8 +72,7 @@ class SRNN(FeedbackNoise, LatentSequenceModel):
     @pyro_method
     def precompute_step(self, x, t, state=None):
         """``d_t = GRU(d_{t-1}, x_{t-1})`` from the state ``d_{t-1}``: ``O(1)`` per step."""
-        u_t = x[:, t - 1] if t > 0 else x.new_zeros(x.shape[0], self.x_dim)
-        return self.rnn.step(self.feedback(u_t), state)
+        return self.rnn.step(self.feedback(previous_frame(x, t)), state)
 
     @pyro_method
     def prior_loc(self, carry, pre_t):

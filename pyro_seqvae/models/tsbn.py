@@ -9,7 +9,7 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from ..errors import ConfigError, IncompatibleGuideError
-from ..layers import check_positive_int, shift_right
+from ..layers import check_positive_int, previous_frame, shift_right
 from .base import LatentSequenceModel
 from .feedback_noise import FeedbackNoise
 
@@ -55,6 +55,7 @@ class TSBN(FeedbackNoise, LatentSequenceModel):
     latent_family = "bernoulli"
     # the prior has no Gaussian mean network for Res_q
     has_learned_prior_loc = False
+    precompute_reads_x_t = False  # [x_{t-1}, W3 x_{t-1} + b]
 
     def __init__(self, x_dim=88, *, z_dim=100, layers=1, emission="bernoulli",
                  emission_kwargs=None, input_dropout=0.0, input_flip=0.0, name=None):
@@ -90,7 +91,7 @@ class TSBN(FeedbackNoise, LatentSequenceModel):
     @pyro_method
     def precompute_step(self, x, t, state=None):
         """``[x_{t-1}, W3 x_{t-1} + b]`` of the one step: ``[B, D + Z]``."""
-        u_t = x[:, t - 1] if t > 0 else x.new_zeros(x.shape[0], self.x_dim)
+        u_t = previous_frame(x, t)
         return torch.cat([u_t, self.prior_x(u_t)], dim=-1), None
 
     def guide_features(self, x, pre):

@@ -1,48 +1,32 @@
 """Step-by-step sampling (O(T)) draws exactly what the old prefix recomputation (O(T^2)) drew.
 
-The references below are copies of the sampling loops as they were before ``precompute_step``:
-at every step they recomputed the model's features over the whole prefix ``x[:, :t + 1]``.
+The references are the sampling loops as they were before ``precompute_step`` (the latent
+models' loop is the one ``benchmarks/sampling_speed.py`` times): at every step they recomputed
+the model's features over the whole prefix ``x[:, :t + 1]``.
 With the same seed the new loops must give bit-identical rolls, for every model, with and
 without a prefix, with the prefix's latents from the prior or from a guide, for the Bernoulli
 and the NADE emissions.
 """
 
+import sys
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
 from common import GUIDE_KWARGS, build_model, tiny_batch
-from pyro import poutine
 
 from pyro_seqvae.guides import default_guide_name, make_guide
 from pyro_seqvae.layers import SequenceRNN
 from pyro_seqvae.models import MODELS
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from sampling_speed import old_latent_sample  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, STEPS, P = 3, 12, 4
 NADE = {"emission": "nade", "emission_kwargs": {"hidden_dim": 6}}
-
-
-@torch.no_grad()
-def old_latent_sample(model, num_sequences, num_steps, prefix=None, guide=None):
-    """``LatentSequenceModel.sample`` before ``precompute_step`` (features of the whole prefix
-    recomputed twice per step)."""
-    x, P = model._prepare_prefix(num_sequences, num_steps, prefix)
-    guide_z = {}
-    if P and guide is not None:
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        tr = poutine.trace(guide).get_trace(x[:, :P], mask[:, :P])
-        guide_z = {t: tr.nodes[f"z_{t + 1}"]["value"] for t in range(P)}
-    carry = model.initial_carry(x)
-    for t in range(num_steps):
-        pre = model.precompute(x[:, : t + 1], None)
-        z_t = guide_z[t] if t in guide_z else model.prior(carry, pre[:, t]).sample()
-        if t >= P:
-            record = model.emission_input(carry, z_t).unsqueeze(-2)
-            x[:, t] = model.emission_dist(pre[:, t : t + 1], record).sample()[:, 0]
-            pre = model.precompute(x[:, : t + 1], None)
-        carry = model.advance(carry, pre[:, t], z_t)
-    return x
 
 
 @torch.no_grad()
