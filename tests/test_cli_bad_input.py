@@ -129,6 +129,8 @@ BAD = [
     ("evaluate-limit-one", ("evaluate", "{root}/run", "--limit", 1),
      "--limit must be at least 3"),
     ("evaluate-missing-run", ("evaluate", "{root}/nowhere"), "no such checkpoint file"),
+    ("evaluate-a-text-file", ("evaluate", "{root}/a-file"),
+     "a-file: not a checkpoint (not a file written by torch.save)"),
     ("sample-huge", ("sample", "{root}/run", "--steps", 100000000, "--out", "{root}/samples"),
      "--num 4 x --steps 100000000 x 88 features = 3.52e+10 values (131 GiB as float32), over "
      "the limit"),

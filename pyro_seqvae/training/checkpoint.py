@@ -126,6 +126,7 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
         2; non-finite weights.
     """
     path = find_checkpoint(path)
+    _check_torch_file(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -153,6 +154,24 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
         payload["rng_state"] = rng_state_from_plain(payload["rng_state"])
     payload["path"] = str(path)
     return payload
+
+
+#: The first bytes of what ``torch.save`` writes: a zip archive, or a pickle (protocol >= 2) in
+#: the legacy format.
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that ``torch.save`` did not write (a metrics or JSON file given by mistake)
+    before the unpickler reads it, which would report its text as unsupported pickle opcodes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc.strerror or exc})") from exc
+    if not head.startswith(TORCH_FILE_MAGIC):
+        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save); "
+                              f"give a run folder or its {BEST} / {LAST}")
 
 
 def _first_line(exc) -> str:
