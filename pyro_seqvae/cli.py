@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "given the previous sample, as in the SRNN paper), trace (Trace_ELBO), "
                         "jit (JitTrace_ELBO), iwae (RenyiELBO alpha=0), fivo (the SMC bound), "
                         "nasmc (neural adaptive SMC), downstream or tracegraph (score-function "
-                        "gradients with downstream costs and baselines, for binary latents) "
+                        "gradients with downstream costs and baselines, for binary latents), "
+                        "rws (reweighted wake-sleep: model on the IWAE bound, guide on the "
+                        "inclusive KL; needs --particles >= 2) "
                         "(default: meanfield; trace for tsbn)")
     t.add_argument("--baseline", choices=list(BASELINES), default="none",
                    help="score-function baseline of binary latents (tsbn): a decaying average, "
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the paper's recognition model)")
     t.add_argument("--jit", action="store_true", help="shorthand for --elbo jit")
     t.add_argument("--particles", type=int, default=1,
-                   help="samples per update (the K of --elbo iwae, fivo, nasmc) (default: 1)")
+                   help="samples per update (the K of --elbo iwae, fivo, nasmc, rws) (default: 1)")
     t.add_argument("--patience", type=int, default=None,
                    help="stop after this many epochs without a better validation ELBO")
     t.add_argument("--transpose", type=int, default=0,

@@ -12,12 +12,14 @@ from .importance import (
     log_importance_weights,
     pareto_khat,
 )
+from .rws import ReweightedWakeSleep
 from .sample_stats import compare_sample_statistics, piano_roll_statistics, sample_statistics
 from .smc import SMCEstimate, SMCResult, estimate_smc_log_likelihood, run_smc
 from .smc_objectives import FIVO, NASMC
 
 __all__ = ["DownstreamCostELBO", "ELBOS", "FIVO", "ImportanceEstimate", "JitELBOByLength",
-           "KHAT_THRESHOLD", "LinearKLSchedule", "NASMC", "SMCEstimate", "SMCResult",
+           "KHAT_THRESHOLD", "LinearKLSchedule", "NASMC", "ReweightedWakeSleep", "SMCEstimate",
+           "SMCResult",
            "chunked_log_weights", "compare_sample_statistics", "elbo_per_step",
            "estimate_log_likelihood", "estimate_smc_log_likelihood", "evaluate_split",
            "log_importance_weights", "make_elbo", "pareto_khat", "piano_roll_statistics",

@@ -17,11 +17,14 @@ from pyro.infer import (
 
 from ..errors import ConfigError
 from .downstream import DownstreamCostELBO
+from .rws import ReweightedWakeSleep
 from .smc_objectives import FIVO, NASMC
 
 #: Objective names accepted by :func:`make_elbo` and the CLI's ``--elbo``.
 #: ``fivo`` and ``nasmc`` are SMC objectives (:mod:`pyro_seqvae.infer.smc_objectives`).
-ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc", "downstream", "tracegraph")
+#: ``rws`` is reweighted wake-sleep (:mod:`pyro_seqvae.infer.rws`).
+ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc", "downstream", "tracegraph",
+         "rws")
 
 
 @contextlib.contextmanager
@@ -95,7 +98,10 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
       TSBN), in time linear in T, with the analytic KL of each step (``analytic_kl=True``: the
       model's gradient variance 0.05-0.08 times that of the sampled terms on trained TSBNs);
     - ``tracegraph``: Pyro's ``TraceGraph_ELBO``, the same gradients found by provenance
-      tracking (about 15 times slower on a TSBN).
+      tracking (about 15 times slower on a TSBN);
+    - ``rws``: reweighted wake-sleep with ``num_particles >= 2``
+      (:class:`~pyro_seqvae.infer.rws.ReweightedWakeSleep`): the model on the IWAE gradient,
+      the guide on the inclusive-KL (wake-phi) gradient, no score function.
 
     Particles are vectorised in a plate at ``dim=-2`` (the models use one plate at ``dim=-1``).
 
@@ -124,6 +130,8 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
         return FIVO(num_particles)
     if kind == "nasmc":
         return NASMC(num_particles)
+    if kind == "rws":
+        return ReweightedWakeSleep(num_particles)
     raise ConfigError(f"unknown elbo {kind!r}; expected one of {list(ELBOS)}")
 
 

@@ -59,7 +59,9 @@ class TrainConfig:
         nats per step better validation ELBO than ``trace`` after the 20-epoch default run, at no
         extra cost per update), ``trace`` (the default for binary latents, TSBN), ``jit``,
         ``iwae``, ``fivo`` or ``nasmc`` (SMC objectives: ``beta`` tempers the latent part of
-        their weights), ``downstream`` or ``tracegraph``. ``None``: the model's default.
+        their weights), ``downstream``, ``tracegraph`` or ``rws`` (reweighted wake-sleep,
+        ``num_particles >= 2``, :mod:`~pyro_seqvae.infer.rws`; the training objective it reports
+        is the IWAE bound). ``None``: the model's default.
     :param str baseline: score-function baseline of binary latents (TSBN): ``none``,
         ``decaying``, ``neural`` (NVIL's network) or ``nvil`` (NVIL's network, centring and
         variance normalisation, :mod:`~pyro_seqvae.guides.nvil`); ``Trace_ELBO`` ignores
@@ -71,7 +73,7 @@ class TrainConfig:
     :param str validate: Pyro's distribution and trace checks during training: ``first`` (on
         the first update of each :meth:`Trainer.fit`, which catches a badly shaped model at
         once; then off, for speed), ``always`` or ``never``. A NaN loss is caught either way.
-    :param int num_particles: samples per update (``iwae``, ``fivo``, ``nasmc``: the K).
+    :param int num_particles: samples per update (``iwae``, ``fivo``, ``nasmc``, ``rws``: the K).
     :param int seed: seeds torch, Pyro, NumPy and the data order.
     :param str device: ``cpu``, ``cuda``, ``cuda:1`` ...
     :param int patience: stop after this many epochs without a better validation ELBO.
@@ -155,6 +157,9 @@ class TrainConfig:
             if self.baseline == "nvil" and self.elbo != "downstream":
                 raise ConfigError(f"baseline='nvil' needs elbo 'trace' or 'downstream' "
                                   f"(TraceGraph_ELBO does not apply it), got {self.elbo!r}")
+        if self.elbo == "rws" and self.num_particles < 2:
+            raise ConfigError(f"elbo='rws' needs num_particles >= 2 (its weights are normalised "
+                              f"over the particles), got {self.num_particles}")
         if not 0 < self.discount <= 1:
             raise ConfigError(f"discount must be in (0, 1], got {self.discount!r}")
         if self.discount != 1 and self.elbo != "downstream":
@@ -204,6 +209,9 @@ class TrainConfig:
             raise ConfigError(f"elbo={self.elbo!r} needs reparameterised latents; "
                               f"{type(model).__name__}'s are {model.latent_family}: use 'trace' "
                               "or 'tracegraph'")
+        if self.elbo == "rws" and not model.has_latents:
+            raise ConfigError(f"elbo='rws' trains a guide of latent variables; "
+                              f"{type(model).__name__} has none (use 'trace')")
         guide_name = self.guide if self.guide is not None else default_guide_name(model)
         if guide_config is not None:
             return model, _call(make_guide, "guide_config", guide_name, model, **guide_config)
