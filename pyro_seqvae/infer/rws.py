@@ -5,11 +5,10 @@ log q(z^k | x)`` (DESIGN.md, "Objective and evaluation"):
 
 - **wake-theta** (the model): the gradient of the importance-weighted bound
   ``L_K = log (1/K) sum_k w_k`` (IWAE, Burda et al. 2016) with the samples held fixed,
-  ``sum_k w~_k grad_theta log p(x, z^k)``, ``w~_k = w_k / sum_j w_j`` (Bornschein & Bengio
-  eq. 6);
+  ``sum_k w~_k grad_theta log p(x, z^k)``, ``w~_k = w_k / sum_j w_j``;
 - **wake-phi** (the guide): the self-normalised estimate of the inclusive-KL gradient
   ``-grad_phi KL(p(z | x) || q(z | x)) = E_p(z|x) grad_phi log q(z | x)``, that is
-  ``sum_k w~_k grad_phi log q(z^k | x)`` (eq. 8): no score-function term, so no baseline, and
+  ``sum_k w~_k grad_phi log q(z^k | x)``: no score-function term, so no baseline, and
   no gradient through the samples (binary latents, TSBN, train as well as Gaussian ones).
 
 Pyro's :class:`pyro.infer.ReweightedWakeSleep` sums the log weights over the whole mini-batch
@@ -17,7 +16,7 @@ Pyro's :class:`pyro.infer.ReweightedWakeSleep` sums the log weights over the who
 yet"), which for a batch of 20 chorales is a far looser bound than 20 per-sequence ones; this
 class keeps ``[K, B]`` weights, as :mod:`~pyro_seqvae.infer.importance` does. The model's and the
 guide's gradients go to disjoint parameter sets: a network the guide borrows from the model
-(the TSBN guide reads the model's ``precompute``) is trained by the model's gradient only.
+(the VRNN's recurrence, Res_q's ``NN1_p``) is trained by the model's gradient only.
 
 ``beta`` scales the latent sites (KL annealing), so the weights are tempered as the annealed
 ELBO is; at ``beta = 1`` the loss is ``-sum_b L_K(x_b)``.
