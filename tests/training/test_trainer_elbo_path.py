@@ -73,13 +73,13 @@ def test_bad_elbo_path_settings_are_config_errors(changes, match):
         tiny_config(**changes)
 
 
-def test_direct_path_refuses_binary_latents_on_the_first_update(tmp_path):
+def test_direct_path_refuses_binary_latents_before_training(tmp_path):
     config = tiny_config(model="tsbn", guide="filter", residual=False, elbo="trace",
                          elbo_path="direct", model_kwargs={"z_dim": 3}, guide_kwargs={},
                          epochs=1)
-    trainer = fresh_trainer(config, tmp_path)
-    with pytest.raises(ConfigError, match="DirectELBO needs"):
-        trainer.fit(tiny_splits())
+    with pytest.raises(ConfigError, match="cannot train TSBN with FilteringGuide"):
+        fresh_trainer(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_may_continue_on_the_other_path(tmp_path):
