@@ -44,7 +44,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from ..errors import ConfigError
-from ..layers import broadcast_cat, logvar_to_scale, register_params
+from ..layers import LOGVAR_MAX, LOGVAR_MIN, broadcast_cat, logvar_to_scale, register_params
 from ..models.base import _as_beta, gaussian
 from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
@@ -213,6 +213,51 @@ class _Loop:
             linear.accumulate()
 
 
+class _LogvarToScale(torch.autograd.Function):
+    """:func:`~pyro_seqvae.layers.logvar_to_scale` (the same operations) as one autograd node:
+    ``d scale / d log v = scale / 2 * sigmoid(2 (x - low)) * sigmoid(2 (high - u))`` with
+    ``u = low + softplus_2(x - low)``, instead of the dozen nodes of the composed formula, in the
+    per-step loop."""
+
+    @staticmethod
+    def forward(ctx, log_var):
+        inner = log_var - LOGVAR_MIN
+        upper = LOGVAR_MAX - (LOGVAR_MIN + F.softplus(inner, beta=2.0))
+        scale = (0.5 * (LOGVAR_MAX - F.softplus(upper, beta=2.0))).exp()
+        ctx.save_for_backward(inner, upper, scale)
+        return scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        inner, upper, scale = ctx.saved_tensors
+        return grad * scale * 0.5 * _softplus2_slope(inner) * _softplus2_slope(upper)
+
+
+def _softplus2_slope(y):
+    """The derivative of ``F.softplus(y, beta=2)`` as autograd computes it: ``sigmoid(2 y)``,
+    and exactly 1 where softplus returns ``y`` itself (``2 y > 20``, its threshold)."""
+    slope = torch.sigmoid(2.0 * y)
+    return slope.masked_fill_(2.0 * y > 20.0, 1.0)
+
+
+def _scale(log_var):
+    return _LogvarToScale.apply(log_var) if torch.is_grad_enabled() else logvar_to_scale(log_var)
+
+
+def _layer_key(layer):
+    return (type(layer), getattr(layer, "negative_slope", None), getattr(layer, "bound", None))
+
+
+def _shared_prefix(tails):
+    """How many leading layers (activation, clamp: no parameters) all ``tails`` share: those
+    act once on the concatenated first-layer outputs instead of once per network."""
+    k = 0
+    while all(len(t) > k and not isinstance(t[k], nn.Linear) for t in tails) and \
+            len({_layer_key(t[k]) for t in tails}) == 1:
+        k += 1
+    return k
+
+
 def _head_parts(loop, guide, summary, context_dim):
     """The guide head's networks on ``[a_t, context]``: per network, the ``a_t`` block and the
     bias for all steps (unbound once: indexing ``[:, t]`` in the loop would cost a zero-filled
@@ -243,12 +288,17 @@ class _SRNNSteps(_Steps):
             tails.append(loc_net.layers[1:])
             pieces.append((first.weight, 0, Z, None))
         merged = loop.linear(pieces)
+        # the a_t / d_t blocks of all networks as one [B, sum H] per step; their shared
+        # activation and clamp act once on the sum
+        statics = [torch.cat(parts, -1) for parts in zip(*statics)]
+        shared = _shared_prefix(tails)
+        prefix, tails = tails[0][:shared], [tail[shared:] for tail in tails]
         z = x.new_zeros(shape + (Z,))            # z_0 = 0 (SRNN A.2)
         zs, q_locs, q_scales, p_locs = [], [], [], []
         for t in range(x.shape[1]):
-            outs = [loop.run(tail, f + s[t])
-                    for tail, f, s in zip(tails, merged(z).split(merged.widths, -1), statics)]
-            loc, scale = outs[0], logvar_to_scale(outs[1])
+            hidden = loop.run(prefix, merged(z) + statics[t])
+            outs = [loop.run(tail, h) for tail, h in zip(tails, hidden.split(merged.widths, -1))]
+            loc, scale = outs[0], _scale(outs[1])
             if guide.residual:
                 p_locs.append(outs[2])
                 loc = loc + outs[2]
@@ -302,7 +352,7 @@ class _VRNNSteps(_Steps):
                 p_loc = loop.run(tails[n], firsts[n])
                 p_locs.append(p_loc)
                 loc = loc + p_loc
-            scale = logvar_to_scale(log_var)
+            scale = _scale(log_var)
             z = _rsample(loc, scale, shape)
             f = loop.run(model.phi_z.layers, z)
             gi, gh = on_z(f) + static_gates[t], firsts[-1]

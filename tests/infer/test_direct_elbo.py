@@ -1,7 +1,8 @@
 """DirectELBO (pyro_seqvae.infer.direct_elbo) against Pyro's Trace_ELBO and TraceMeanField_ELBO.
 
 Exact checks: with the same random numbers, the direct ELBO's loss and the gradient of every
-parameter of the model and the guide equal Pyro's, in float64, for every Gaussian-latent
+parameter of the model and the guide equal Pyro's, in float64 (the gradients to 1e-10 of their
+largest entry: the direct path sums the same terms in another order), for every Gaussian-latent
 model/guide pair of the registries, with KL annealing (beta), padding, particles and the
 variants whose networks the direct path factors differently (LSTM, two hidden layers, NADE).
 """
@@ -52,7 +53,9 @@ def assert_same(pyro_elbo, direct_elbo, model, guide, x, mask, beta=0.3):
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-9)
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in guide.named_parameters()]
     for name, g, e in zip(names, got_grads, expected_grads):
-        torch.testing.assert_close(g, e, atol=1e-9, rtol=1e-9, msg=name)
+        # the same sums in another order: equal to float64 rounding of the largest entry
+        error, size = float((g - e).abs().max()), float(e.abs().max())
+        assert error <= 1e-10 * size + 1e-10, f"{name}: {error} against {size}"
     assert any(float(g.abs().sum()) > 0 for g in got_grads)
 
 
