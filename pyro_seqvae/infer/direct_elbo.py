@@ -14,18 +14,25 @@ importance weights. Only the guide's sampling recursion stays in the per-step lo
 
 - the z-independent features (SRNN's ``d_t``, VRNN's ``phi_x(x_t)``), the guide's summary (the
   backward GRU) and the share of every first layer that reads them are computed for all steps in
-  one batched call (:class:`~pyro_seqvae.infer.direct.ProtocolSteps`);
+  one batched call, as in importance sampling;
 - the first layers that read the same per-step input (``z_{t-1}``, or VRNN's ``h_{t-1}``) are one
-  matrix product;
+  matrix product per step;
 - the model is scored on the guide's samples after the loop: given ``z_{1:T}`` (and VRNN's
   ``h_{0:T-1}``, which the guide's recursion produced), the prior ``p(z_t | z_{t-1}, d_t)`` or
   ``p(z_t | h_{t-1})``, the KL terms and the emission of every step are one batched call each.
-  Under Res_q the prior mean is part of ``q`` and stays in the loop; its variance does not.
+  Under Res_q the prior mean is part of ``q`` and stays in the loop; its variance does not;
+- in :meth:`DirectELBO.loss_and_grads` the weight gradients of the layers used at every step are
+  formed after ``backward`` as one product over all steps (:class:`_DeferredLinear`), not as a
+  small product per step.
+
+SRNN, VRNN and STORN have loops of their own here; other protocol models (the DMM) run the
+protocol's step methods (:class:`~pyro_seqvae.infer.direct.ProtocolSteps`), still without traces.
 
 The value and the gradients are those of ``Trace_ELBO`` (``analytic_kl=False``) or
 ``TraceMeanField_ELBO`` (``analytic_kl=True``) on the same pair: with the same random numbers the
 same samples are drawn in the same order, and ``tests/infer/test_direct_elbo.py`` checks loss and
-every gradient in float64. It is an ELBO subclass, so it goes straight into ``SVI``::
+every gradient in float64 (to rounding: some sums run in another order). It is an ELBO
+subclass, so it goes straight into ``SVI``::
 
     svi = SVI(model, guide, ClippedAdam({"lr": 1e-3}), DirectELBO(analytic_kl=True))
 
