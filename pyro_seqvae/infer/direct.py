@@ -262,15 +262,6 @@ class VRNNSteps(ProtocolSteps):
                                         self.model.phi_z.layers[0].bias))
         gi, dec_z = self.z_merged(features)
         H = self.H
-        if self.gru and not torch.is_grad_enabled():
-            # the same equations on the owned products, in place: at K particles each
-            # elementwise op reads and writes [K, B, 3H], the memory traffic of the step
-            i_r, i_z, i_n = gi.add_(self.static_gates[: self.n, t]).split(H, -1)
-            h_r, h_z, h_n = gh.split(H, -1)
-            update = i_z.add_(h_z).sigmoid_()
-            new = i_n.addcmul_(i_r.add_(h_r).sigmoid_(), h_n).tanh_()
-            h = torch.lerp(new, carry.h, update)       # new + update * (h_{t-1} - new)
-            return dec_z.add_(dec_h), carry._replace(z=z_t, h=h)
         gi = gi + self.static_gates[: self.n, t]
         record = dec_z + dec_h          # the decoder's first layer on [phi_z(z_t), h_{t-1}]
         if self.gru:  # torch.nn.GRUCell's equations

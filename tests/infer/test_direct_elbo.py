@@ -132,3 +132,23 @@ def test_make_elbo_paths(kind, analytic):
         make_elbo("iwae", path="direct")
     with pytest.raises(ConfigError, match="path"):
         make_elbo(kind, path="fast")
+
+
+@pytest.mark.parametrize("pair", [("srnn", "smooth", True), ("vrnn", "filter", True)],
+                         ids=pair_id)
+def test_differentiable_loss_has_the_gradients_of_loss_and_grads(pair):
+    """``differentiable_loss`` (autograd's per-step weight gradients) and ``loss_and_grads``
+    (weight gradients formed after backward) give the same loss and gradients."""
+    model, guide, x, mask = double_pair(pair)
+    elbo = DirectELBO(analytic_kl=True)
+    params = list(model.parameters()) + list(guide.parameters())
+    expected, expected_grads = loss_and_grads(elbo, model, guide, x, mask, 0.5)
+    for p in params:
+        p.grad = None
+    pyro.set_rng_seed(5)
+    loss = elbo.differentiable_loss(model, guide, x, mask, 0.5)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    for p, e in zip(params, expected_grads):
+        got = p.grad if p.grad is not None else torch.zeros_like(p)
+        assert float((got - e).abs().max()) <= 1e-10 * float(e.abs().max()) + 1e-10
