@@ -13,6 +13,10 @@ training split, this script times in one process, alternating variants within ev
   validation on every update (``TrainConfig(validate="always")``);
 - ``eager_noval``: the same with validation off, which is what the ``Trainer`` does by default
   after the first update of a run (``validate="first"``);
+- ``direct``: ``SVI(model, guide, ClippedAdam, DirectELBO())`` (``make_elbo("trace",
+  path="direct")``, ``TrainConfig(elbo_path="direct")``): the same loss and gradients as
+  ``Trace_ELBO`` computed on the step protocol, the model scored on the guide's samples in one
+  batched call per network (:mod:`pyro_seqvae.infer.direct_elbo`);
 - ``jit``: ``make_elbo("jit")`` with batches padded to multiples of ``--jit-pad`` (the
   ``TrainConfig`` default under JIT, 8) and a tensor ``beta``;
 - ``nade``: ``eager_noval`` for the same model and guide with the NADE emission
@@ -70,7 +74,7 @@ from pyro_seqvae.models import RNN, SRNN, VRNN  # noqa: E402
 from pyro_seqvae.training.config import JIT_PAD_MULTIPLE  # noqa: E402
 from pyro_seqvae.training.runlog import environment  # noqa: E402
 
-VARIANTS = ("plain", "plain2", "eager", "eager_noval", "jit", "nade")
+VARIANTS = ("plain", "plain2", "eager", "eager_noval", "direct", "jit", "nade")
 #: Variants that need the plain-PyTorch twin of a model.
 PLAIN_VARIANTS = ("plain", "plain2")
 
@@ -146,6 +150,8 @@ def bench_model(name, splits, args, device) -> dict:
                        make_elbo("trace"))
     svi_jit = SVI(model, guide, ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}),
                   make_elbo("jit")) if "jit" in variants else None
+    svi_direct = SVI(model, guide, ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}),
+                     make_elbo("trace", path="direct")) if "direct" in variants else None
 
     def run(variant):
         if variant in ("plain", "plain2"):
@@ -162,6 +168,9 @@ def bench_model(name, splits, args, device) -> dict:
             pyro.enable_validation(False)
             for b in timed["eager"]:
                 svi_nade.step(b.x, b.mask, beta_f)
+        elif variant == "direct":
+            for b in timed["eager"]:
+                svi_direct.step(b.x, b.mask, beta_f)
         else:
             pyro.enable_validation(False)
             for b in timed["jit"]:
@@ -263,8 +272,9 @@ def profile_eager(svi, batches, args, top=25):
 
 def table(result) -> str:
     lines = ["| model | plain s/epoch | plain x2-pass | eager, checks every update | "
-             "eager, Trainer default | JIT | NADE emission, Trainer default (x Bernoulli) | "
-             "IS K test (s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "eager, Trainer default | direct ELBO | JIT | "
+             "NADE emission, Trainer default (x Bernoulli) | "
+             "IS K test (s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         e = r["seconds_per_epoch_extrapolated"]
         # per epoch (JIT: its own padded lengths); without a plain twin, against eager_noval
@@ -286,7 +296,8 @@ def table(result) -> str:
             peak = max(peak, is_["memory"]["process_maxrss_mb"])
         plain = f"{e['plain']:.1f}" if "plain" in e else "—"
         lines.append(f"| {name} | {plain} | {cell('plain2')} | {cell('eager')} | "
-                     f"{cell('eager_noval')} | {cell('jit')} | {nade} | {is_cell} | {peak:.0f} |")
+                     f"{cell('eager_noval')} | {cell('direct')} | {cell('jit')} | {nade} | "
+                     f"{is_cell} | {peak:.0f} |")
     return "\n".join(lines)
 
 

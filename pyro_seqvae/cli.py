@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .emissions import EMISSIONS
     from .guides import GUIDES
     from .guides.baselines import BASELINES
-    from .infer.elbo import ELBOS
+    from .infer.elbo import ELBO_PATHS, ELBOS
     from .layers import ACTIVATIONS
     from .models import MODELS
     from .training.config import VALIDATE, TrainConfig
@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "rws (reweighted wake-sleep: model on the IWAE bound, guide on the "
                         "inclusive KL; needs --particles >= 2) "
                         "(default: meanfield; trace for tsbn)")
+    t.add_argument("--elbo-path", choices=list(ELBO_PATHS), default=defaults.elbo_path,
+                   help="how --elbo trace and meanfield are computed: auto (the library's "
+                        "models with Gaussian latents on the step protocol, without Pyro "
+                        "traces: the same loss and gradients, faster; any other pair on Pyro's "
+                        "traces), direct (refuse other pairs) or pyro (always Pyro's ELBO) "
+                        f"(default: {defaults.elbo_path})")
     t.add_argument("--baseline", choices=list(BASELINES), default="none",
                    help="score-function baseline of binary latents (tsbn): a decaying average, "
                         "a neural baseline (NVIL's network), or nvil (the network on a centred, "
@@ -404,7 +410,7 @@ def _train(args, parallel) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
-        baseline=args.baseline, discount=args.discount,
+        elbo_path=args.elbo_path, baseline=args.baseline, discount=args.discount,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
         init_output_bias=args.init_output_bias, **feedback)

@@ -103,6 +103,15 @@ def test_train_network_and_validation_options(data_file, tmp_path):
     assert status == 0, stderr
 
 
+@pytest.mark.parametrize("path", ["pyro", "direct"])
+def test_train_elbo_path(data_file, tmp_path, path):
+    run = tmp_path / "run"
+    status, _, stderr = run_cli("train", "--data", data_file, *TINY, "--epochs", 1, "--out", run,
+                                "--elbo-path", path)
+    assert status == 0, stderr
+    assert load_checkpoint(run / LAST)["config"]["elbo_path"] == path
+
+
 def test_evaluate_prints_and_writes_the_stable_keys(trained, tmp_path):
     run = trained[0]
     status, stdout, stderr = run_cli("evaluate", run, "--particles", 5, "--quiet")
@@ -167,8 +176,10 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     (["--model", "rnn", "--guide", "smooth"], "RNN"),
     (["--clip", "-1"], "--clip must be >= 0"),
     (["--model", "dmm", "--activation", "tanh"], "the DMM keeps the ReLU"),
+    (["--elbo", "iwae", "--particles", "2", "--elbo-path", "direct"], "applies to the objectives"),
+    (["--model", "tsbn", "--elbo-path", "direct"], "cannot train TSBN"),
 ], ids=["unknown-model", "unknown-guide", "storn-residual", "rnn-smooth", "negative-clip",
-        "dmm-activation"])
+        "dmm-activation", "direct-iwae", "direct-tsbn"])
 def test_train_refuses_impossible_models(data_file, tmp_path, extra, match):
     result = run_cli("train", "--data", data_file, *TINY, "--epochs", 1,
                      "--out", tmp_path / "run", *extra)

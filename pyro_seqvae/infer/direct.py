@@ -261,9 +261,9 @@ class VRNNSteps(ProtocolSteps):
                                F.linear(z_t, self.model.phi_z.layers[0].weight,
                                         self.model.phi_z.layers[0].bias))
         gi, dec_z = self.z_merged(features)
+        H = self.H
         gi = gi + self.static_gates[: self.n, t]
         record = dec_z + dec_h          # the decoder's first layer on [phi_z(z_t), h_{t-1}]
-        H = self.H
         if self.gru:  # torch.nn.GRUCell's equations
             i_r, i_z, i_n = gi.split(H, -1)
             h_r, h_z, h_n = gh.split(H, -1)

@@ -25,6 +25,13 @@ from .smc_objectives import FIVO, NASMC
 #: ``rws`` is reweighted wake-sleep (:mod:`pyro_seqvae.infer.rws`).
 ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc", "downstream", "tracegraph",
          "rws")
+#: How ``trace`` and ``meanfield`` are computed (:func:`make_elbo`'s ``path``): ``pyro`` (Pyro's
+#: ELBO on traces), ``direct`` (:class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`: the same
+#: loss and gradients on the step protocol, faster) or ``auto`` (direct where the pair allows it,
+#: Pyro's otherwise).
+ELBO_PATHS = ("pyro", "direct", "auto")
+#: The objectives that have a direct path.
+DIRECT_ELBOS = ("trace", "meanfield")
 
 
 @contextlib.contextmanager
@@ -83,7 +90,8 @@ class JitELBOByLength(ELBO):
             return self._elbo(x).loss_and_grads(model, guide, x, mask, *args, **kwargs)
 
 
-def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 1.0):
+def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 1.0,
+              path: str = "pyro"):
     """Build the training objective.
 
     - ``trace``: ``Trace_ELBO``, the reparameterised single- or multi-sample ELBO;
@@ -108,12 +116,26 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     :param str kind: one of :data:`ELBOS`.
     :param int num_particles: samples per step (``iwae`` needs at least 2 to differ from trace).
     :param float discount: ``downstream`` only: the learning signal's weight per future step.
+    :param str path: ``trace`` and ``meanfield`` only: one of :data:`ELBO_PATHS`. ``direct``
+        and ``auto`` give a :class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`, the same loss
+        and gradients as Pyro's without traces; under ``auto`` pairs outside the step protocol
+        (binary latents, models written as free Pyro programs) use Pyro's ELBO.
     :rtype: pyro.infer.ELBO or JitELBOByLength
     """
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
+    if path not in ELBO_PATHS:
+        raise ConfigError(f"elbo path must be one of {list(ELBO_PATHS)}, got {path!r}")
+    if path != "pyro" and kind not in DIRECT_ELBOS:
+        raise ConfigError(f"elbo path {path!r} applies to the objectives {list(DIRECT_ELBOS)} "
+                          f"only, got elbo {kind!r}; use path 'pyro'")
     common = dict(num_particles=num_particles, max_plate_nesting=1,
                   vectorize_particles=num_particles > 1)
+    if path != "pyro":
+        from .direct_elbo import DirectELBO
+        fallback = make_elbo(kind, num_particles=num_particles) if path == "auto" else None
+        return DirectELBO(analytic_kl=kind == "meanfield", num_particles=num_particles,
+                          fallback=fallback)
     if kind == "trace":
         return Trace_ELBO(**common)
     if kind == "jit":
@@ -135,4 +157,4 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     raise ConfigError(f"unknown elbo {kind!r}; expected one of {list(ELBOS)}")
 
 
-__all__ = ["ELBO", "ELBOS", "JitELBOByLength", "make_elbo"]
+__all__ = ["DIRECT_ELBOS", "ELBO", "ELBOS", "ELBO_PATHS", "JitELBOByLength", "make_elbo"]

@@ -31,7 +31,8 @@ from ..errors import (
 )
 from ..guides.baselines import decaying_average_state, restore_decaying_averages
 from ..infer.annealing import LinearKLSchedule
-from ..infer.elbo import make_elbo
+from ..infer.direct_elbo import supports_direct_elbo
+from ..infer.elbo import DIRECT_ELBOS, make_elbo
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
@@ -44,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Settings that may differ when a run is continued (``fit(resume=...)``); each change is
 #: recorded in ``run.json`` (``sessions``) and in the metrics lines. Everything else must match.
-RESUMABLE_CHANGES = ("epochs", "lr", "lr_decay", "clip_norm", "patience", "validate")
+RESUMABLE_CHANGES = ("epochs", "lr", "lr_decay", "clip_norm", "patience", "validate",
+                     "elbo_path")
 #: Divergence rule: a batch's loss per step, or the negative validation ELBO per step, above
 #: ``ref + DIVERGENCE_FACTOR * max(|ref|, 1)`` stops the run, where ``ref`` is the loss per step
 #: of the run's first update (the initial or warm-start weights, before any update). A healthy
@@ -149,8 +151,14 @@ class Trainer:
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
                                   "lrd": config.lr_decay})
+        path = config.elbo_path if config.elbo in DIRECT_ELBOS else "pyro"
+        if path == "direct" and not supports_direct_elbo(model, guide):
+            raise ConfigError(
+                f"elbo_path 'direct' (DirectELBO needs a library model with Gaussian latents and "
+                f"its guide, without a baseline) cannot train {type(model).__name__} with "
+                f"{type(guide).__name__}; use elbo_path 'auto' or 'pyro'")
         self.elbo = make_elbo(config.elbo, num_particles=config.num_particles,
-                              discount=config.discount)
+                              discount=config.discount, path=path)
         self.svi = SVI(model, guide, self.optim, self.elbo)
         self.epoch = 0
         self.step = 0
