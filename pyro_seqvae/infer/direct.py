@@ -264,22 +264,28 @@ class VRNNSteps(ProtocolSteps):
         H = self.H
         gi = gi + self.static_gates[: self.n, t]
         record = dec_z + dec_h          # the decoder's first layer on [phi_z(z_t), h_{t-1}]
-        if self.gru:  # torch.nn.GRUCell's equations
-            i_r, i_z, i_n = gi.split(H, -1)
-            h_r, h_z, h_n = gh.split(H, -1)
-            reset = torch.sigmoid(i_r + h_r)
-            update = torch.sigmoid(i_z + h_z)
-            new = torch.tanh(i_n + reset * h_n)
-            h = new + update * (carry.h - new)
-        else:  # torch.nn.LSTMCell's
-            i, f, g, o = (gi + gh).split(H, -1)
-            c = torch.sigmoid(f) * carry.h[..., H:] + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
-        return record, carry._replace(z=z_t, h=h)
+        return record, carry._replace(z=z_t, h=cell_update(gi, gh, carry.h, H, self.gru))
 
     def emission_log_prob(self, x, t0, t1, records):
         model = self.model
         return model.emission(_run_layers(self.dec_tail, records)).log_prob(x[: self.n, t0:t1])
+
+
+def cell_update(gi, gh, h, hidden_size: int, gru: bool):
+    """The recurrent state after one step from the gates' pre-activations ``gi = W_ih u + b_ih``
+    and ``gh = W_hh h + b_hh`` (``[..., 3H]``; LSTM ``[..., 4H]``, state ``[h, c]``):
+    ``torch.nn.GRUCell``'s or ``torch.nn.LSTMCell``'s equations."""
+    H = hidden_size
+    if gru:
+        i_r, i_z, i_n = gi.split(H, -1)
+        h_r, h_z, h_n = gh.split(H, -1)
+        reset = torch.sigmoid(i_r + h_r)
+        update = torch.sigmoid(i_z + h_z)
+        new = torch.tanh(i_n + reset * h_n)
+        return new + update * (h - new)
+    i, f, g, o = (gi + gh).split(H, -1)
+    c = torch.sigmoid(f) * h[..., H:] + torch.sigmoid(i) * torch.tanh(g)
+    return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
 
 
 class SRNNSteps(ProtocolSteps):
@@ -434,4 +440,5 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
 
 
 __all__ = ["DIRECT_MAX_ROWS", "ROWS_SHARE", "MergedFirstLayers", "ProtocolSteps", "SRNNSteps",
+           "cell_update",
            "VRNNSteps", "direct_log_weights", "make_steps", "supports_direct"]

@@ -57,7 +57,7 @@ from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
 from ..models.storn import STORN
 from ..models.vrnn import VRNN
-from .direct import ProtocolSteps, make_steps, supports_direct
+from .direct import ProtocolSteps, cell_update, make_steps, supports_direct
 
 
 def supports_direct_elbo(model, guide) -> bool:
@@ -362,18 +362,7 @@ class _VRNNSteps(_Steps):
             scale = _scale(log_var)
             z = _rsample(loc, scale, shape)
             f = loop.run(model.phi_z.layers, z)
-            gi, gh = on_z(f) + static_gates[t], firsts[-1]
-            if gru:  # torch.nn.GRUCell's equations
-                i_r, i_z, i_n = gi.split(H, -1)
-                h_r, h_z, h_n = gh.split(H, -1)
-                reset = torch.sigmoid(i_r + h_r)
-                update = torch.sigmoid(i_z + h_z)
-                new = torch.tanh(i_n + reset * h_n)
-                h_next = new + update * (h - new)
-            else:  # torch.nn.LSTMCell's
-                i, f_g, g, o = (gi + gh).split(H, -1)
-                c = torch.sigmoid(f_g) * h[..., H:] + torch.sigmoid(i) * torch.tanh(g)
-                h_next = torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
+            h_next = cell_update(on_z(f) + static_gates[t], firsts[-1], h, H, gru)
             hs.append(h_out)
             feats.append(f)
             zs.append(z)
