@@ -57,7 +57,7 @@ from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
 from ..models.storn import STORN
 from ..models.vrnn import VRNN
-from .direct import ProtocolSteps, cell_update, make_steps, supports_direct
+from .direct import ProtocolSteps, _draw, cell_update, make_steps, supports_direct
 
 
 def supports_direct_elbo(model, guide) -> bool:
@@ -90,9 +90,7 @@ class _Steps:
         latent, records = [], []
         for t in range(x.shape[1]):
             q, p, state = steps.dists(carry, t)
-            if q.batch_shape != shape:
-                q = q.expand(shape)
-            z_t = q.rsample()
+            q, z_t = _draw(q, shape)
             latent.append(_latent_terms(q, p, z_t, self.analytic_kl))
             record, carry = steps.after(carry, t, z_t, state)
             records.append(record)
@@ -265,7 +263,7 @@ def _shared_prefix(tails):
     return k
 
 
-def _head_parts(loop, guide, summary, context_dim):
+def _head_parts(guide, summary, context_dim):
     """The guide head's networks on ``[a_t, context]``: per network, the ``a_t`` block and the
     bias for all steps (unbound once: indexing ``[:, t]`` in the loop would cost a zero-filled
     ``[B, T, H]`` gradient per step in the backward pass), the tail, and the context block's
@@ -287,7 +285,7 @@ class _SRNNSteps(_Steps):
         Z = model.z_dim
         pre = model.precompute(x, mask)                                        # d [B, T, R]
         summary = guide.summarise(x, mask, pre)                                # a [B, T, A]
-        statics, tails, pieces = _head_parts(loop, guide, summary, Z)
+        statics, tails, pieces = _head_parts(guide, summary, Z)
         loc_net, lv_net = model.prior_net.loc_net, model.prior_net.logvar_net
         if guide.residual:                       # NN1_p(z_{t-1}, d_t) is part of q
             first = loc_net.layers[0]
@@ -338,7 +336,7 @@ class _VRNNSteps(_Steps):
         cell = model.cell.cell
         gru = model.cell.kind == "gru"
         H, P = cell.hidden_size, model.pre_dim
-        statics, tails, pieces = _head_parts(loop, guide, summary, model.context_dim)
+        statics, tails, pieces = _head_parts(guide, summary, model.context_dim)
         if guide.residual:                       # NN1_p(h_{t-1}) is part of q
             first = model.prior_net.loc_net.layers[0]
             tails.append(model.prior_net.loc_net.layers[1:])

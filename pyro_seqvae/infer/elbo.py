@@ -16,6 +16,7 @@ from pyro.infer import (
 )
 
 from ..errors import ConfigError
+from .direct_elbo import DirectELBO
 from .downstream import DownstreamCostELBO
 from .rws import ReweightedWakeSleep
 from .smc_objectives import FIVO, NASMC
@@ -132,7 +133,6 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     common = dict(num_particles=num_particles, max_plate_nesting=1,
                   vectorize_particles=num_particles > 1)
     if path != "pyro":
-        from .direct_elbo import DirectELBO
         fallback = make_elbo(kind, num_particles=num_particles) if path == "auto" else None
         return DirectELBO(analytic_kl=kind == "meanfield", num_particles=num_particles,
                           fallback=fallback)

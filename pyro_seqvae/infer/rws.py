@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
 
 from ..errors import ConfigError
-from .importance import _sum_log_probs
+from .importance import _in_particle_plate, _sum_log_probs
 
 
 class ReweightedWakeSleep(ELBO):
@@ -58,21 +57,14 @@ class ReweightedWakeSleep(ELBO):
                               f"self-normalised over the particles), got {num_particles!r}")
         super().__init__(num_particles=num_particles, max_plate_nesting=1)
 
-    def _particles(self, fn):
-        def wrapped(*args, **kwargs):
-            with pyro.plate("rws_particles", self.num_particles, dim=-2):
-                return fn(*args, **kwargs)
-
-        return wrapped
-
     def log_densities(self, model, guide, x, mask, beta=1.0):
         """``log p(x, z^k)`` and ``log q(z^k | x)``, ``[K, B]`` each, ``z^k`` drawn from the
         guide and detached (the model sees them as data)."""
         args = (x, mask, beta)
-        guide_trace = poutine.trace(self._particles(guide)).get_trace(*args)
+        guide_trace = poutine.trace(_in_particle_plate(guide, self.num_particles)).get_trace(*args)
         guide_trace.detach_()
-        model_trace = poutine.trace(
-            poutine.replay(self._particles(model), trace=guide_trace)).get_trace(*args)
+        replayed = poutine.replay(_in_particle_plate(model, self.num_particles), trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args)
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
         shape = (self.num_particles, x.shape[0])

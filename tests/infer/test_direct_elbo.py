@@ -13,6 +13,7 @@ import torch
 from common import LATENT_PAIRS, build_pair, pair_id, tiny_batch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import Adam
+from test_direct_weights import double_pair as direct_weights_pair
 
 from pyro_seqvae.errors import ConfigError
 from pyro_seqvae.infer.direct_elbo import DirectELBO, supports_direct_elbo
@@ -23,18 +24,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 GAUSSIAN_PAIRS = [p for p in LATENT_PAIRS if p[0] != "tsbn"]
 
 
-def double_pair(pair, model_kwargs=None, guide_kwargs=None, scale=3.0, lengths=(4, 6, 2, 6)):
-    """A float64 pair with larger weights (clamps and soft bounds are reached) and padding."""
+def double_pair(pair, model_kwargs=None, guide_kwargs=None, lengths=(4, 6, 2, 6)):
+    """:func:`test_direct_weights.double_pair` (float64, weights x3 so that clamps and soft
+    bounds are reached, padding) with an empty param store."""
     pyro.clear_param_store()
-    pyro.set_rng_seed(1)
-    model, guide = build_pair(*pair, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs)
-    model.double()
-    guide.double()
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(guide.parameters()):
-            p.mul_(scale)
-    x, mask = tiny_batch(B=len(lengths), T=max(lengths), lengths=list(lengths))
-    return model, guide, x.double(), mask
+    return direct_weights_pair(pair, model_kwargs, guide_kwargs, lengths=lengths)
 
 
 def loss_and_grads(elbo, model, guide, x, mask, beta, seed=5):

@@ -249,6 +249,14 @@ def test_importance_sampling_lies_between_the_elbo_and_the_exact_likelihood():
         assert (error < tolerance).all(), (error, tolerance)
 
 
+def svi_losses(svi, x, mask, updates=20):
+    """The losses of ``updates`` SVI steps, Pyro's checks on the first only (as the Trainer)."""
+    losses = [svi.step(x, mask)]
+    with pyro.validation_enabled(False):
+        losses += [svi.step(x, mask) for _ in range(updates - 1)]
+    return torch.tensor(losses)
+
+
 def test_loss_falls_with_the_neural_baseline_and_every_parameter_trains():
     model = TSBN(x_dim=88, z_dim=4)
     guide = FilteringGuide(model, hidden_layers=0, baseline="neural")
@@ -256,10 +264,7 @@ def test_loss_falls_with_the_neural_baseline_and_every_parameter_trains():
     before = {n: p.detach().clone() for n, p in guide.named_parameters()}
     svi = SVI(model, guide, ClippedAdam({"lr": 1e-2}),
               DownstreamCostELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1))
-    losses = [svi.step(x, mask)]  # Pyro's checks on the first update, as the Trainer does
-    with pyro.validation_enabled(False):
-        losses += [svi.step(x, mask) for _ in range(19)]
-    losses = torch.tensor(losses)
+    losses = svi_losses(svi, x, mask)
     assert torch.isfinite(losses).all()
     assert losses[-4:].mean() < losses[:4].mean() - 50.0
     assert not [n for n, p in guide.named_parameters() if torch.equal(p.detach(), before[n])]
