@@ -252,3 +252,52 @@ def load_library_weights(plain, model, guide):
         copy_head(guide.head, plain.head)
     return plain
 
+
+
+class PlainTSBN(nn.Module):
+    """The TSBN with the paper's linear recognition model, trained by reweighted wake-sleep,
+    written by hand (``rws_speed.py``): the twin of ``TSBN(88, z_dim=100)`` +
+    ``FilteringGuide(model, hidden_layers=0)`` + ``ReweightedWakeSleep(K)``.
+
+    ``rws_losses(x, mask, K)`` draws ``K`` latent paths per sequence from ``q`` step by step
+    without autograd, scores ``log q``, ``log p(z)`` and ``log p(x | z)`` in one batched call
+    each, and returns the two losses of RWS: ``-sum_b L_K`` (the model's, IWAE with the samples
+    fixed) and ``-sum_b sum_k w~_k log q(z^k)`` (the guide's, wake-phi).
+    """
+
+    def __init__(self, x_dim=88, *, z_dim=100):
+        super().__init__()
+        self.prior_z = nn.Linear(z_dim, z_dim, bias=False)  # W1
+        self.prior_x = nn.Linear(x_dim, z_dim)  # W3, b
+        self.decoder_z = nn.Linear(z_dim, x_dim)  # W2, c
+        self.decoder_x = nn.Linear(x_dim, x_dim, bias=False)  # W4
+        self.q_z = nn.Linear(z_dim, z_dim, bias=False)  # U1
+        self.q_x = nn.Linear(2 * x_dim, z_dim)  # U3, U2, d on [x_{t-1}, x_t]
+
+    def model_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("q_")]
+
+    def guide_parameters(self):
+        return [p for n, p in self.named_parameters() if n.startswith("q_")]
+
+    def rws_losses(self, x, mask, K):
+        B, T, _ = x.shape
+        u = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], dim=1)  # x_{t-1}
+        static = self.q_x(torch.cat([u, x], dim=-1))  # [B, T, Z]
+        with torch.no_grad():
+            z_t = x.new_zeros(K, B, static.shape[-1])
+            draws = []
+            for t in range(T):
+                z_t = torch.bernoulli(torch.sigmoid(static[:, t] + self.q_z(z_t)))
+                draws.append(z_t)
+        z = torch.stack(draws, dim=-2)  # [K, B, T, Z]
+        z_prev = torch.cat([torch.zeros_like(z[..., :1, :]), z[..., :-1, :]], dim=-2)
+        real = mask.to(x.dtype)
+        log_q = (bernoulli_log_prob(static + self.q_z(z_prev), z) * real).sum(-1)
+        log_z = (bernoulli_log_prob(self.prior_x(u) + self.prior_z(z_prev), z) * real).sum(-1)
+        logits = self.decoder_z(z) + self.decoder_x(u)
+        log_x = (bernoulli_log_prob(logits, x.expand_as(logits)) * real).sum(-1)
+        log_w = log_z + log_x - log_q.detach()
+        bound = torch.logsumexp(log_w, 0) - math.log(K)
+        weights = torch.softmax(log_w.detach(), 0)
+        return -bound.sum(), -(weights * log_q).sum()

@@ -141,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "inclusive KL; needs --particles >= 2) "
                         "(default: meanfield; trace for tsbn)")
     t.add_argument("--elbo-path", choices=list(ELBO_PATHS), default=defaults.elbo_path,
-                   help="how --elbo trace and meanfield are computed: auto (the library's "
-                        "models with Gaussian latents on the step protocol, without Pyro "
-                        "traces: the same loss and gradients, faster; any other pair on Pyro's "
-                        "traces), direct (refuse other pairs) or pyro (always Pyro's ELBO) "
-                        f"(default: {defaults.elbo_path})")
+                   help="how --elbo trace, meanfield and rws are computed: auto (on the "
+                        "step protocol without Pyro traces, the same loss and gradients, "
+                        "faster, where the pair allows it: trace and meanfield for the "
+                        "library's models with Gaussian latents, rws for TSBN, SRNN and DMM; "
+                        "any other pair on Pyro's traces), direct (refuse other pairs) or "
+                        f"pyro (always Pyro's traces) (default: {defaults.elbo_path})")
     t.add_argument("--baseline", choices=list(BASELINES), default="none",
                    help="score-function baseline of binary latents (tsbn): a decaying average, "
                         "a neural baseline (NVIL's network), or nvil (the network on a centred, "

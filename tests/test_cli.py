@@ -178,8 +178,10 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     (["--model", "dmm", "--activation", "tanh"], "the DMM keeps the ReLU"),
     (["--elbo", "iwae", "--particles", "2", "--elbo-path", "direct"], "applies to the objectives"),
     (["--model", "tsbn", "--elbo-path", "direct"], "cannot train TSBN"),
+    (["--model", "vrnn", "--elbo", "rws", "--particles", "2", "--elbo-path", "direct"],
+     "cannot train VRNN"),
 ], ids=["unknown-model", "unknown-guide", "storn-residual", "rnn-smooth", "negative-clip",
-        "dmm-activation", "direct-iwae", "direct-tsbn"])
+        "dmm-activation", "direct-iwae", "direct-tsbn", "direct-rws-vrnn"])
 def test_train_refuses_impossible_models(data_file, tmp_path, extra, match):
     result = run_cli("train", "--data", data_file, *TINY, "--epochs", 1,
                      "--out", tmp_path / "run", *extra)

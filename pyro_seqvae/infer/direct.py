@@ -46,7 +46,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..guides.base import SequenceGuide
 from ..latents import LogitHead
-from ..layers import GaussianHead, _Clamp, logvar_to_scale
+from ..layers import GaussianHead, _Clamp, logvar_to_scale, register_params
 from ..models.base import LatentSequenceModel, gaussian
 from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
@@ -71,6 +71,17 @@ def supports_direct(model, guide) -> bool:
             and guide.model is model
             and type(model).forward is LatentSequenceModel.forward
             and type(guide).forward is SequenceGuide.forward)
+
+
+def register_pair(model, guide):
+    """Announce every parameter of ``model`` and ``guide`` to Pyro's param store, as their
+    ``forward`` would: an objective that computes without calling them (the direct paths) must
+    do this, or ``SVI`` finds no parameters to step."""
+    register_params(model)
+    register_params(guide)
+    for root in (model, guide):  # the roots' own parameters (e.g. the DMM's z_0)
+        for name, _ in root.named_parameters(recurse=False):
+            getattr(root, name)
 
 
 def _add(owned: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -155,11 +166,13 @@ class ProtocolSteps:
         self.factor_head = nets is not None and type(guide).proposal is SequenceGuide.proposal
         self.head_nets = nets
 
-    def start(self, x, mask):
-        """Compute the z-independent parts for ``x`` ``[B, T, D]``; returns the initial carry."""
+    def start(self, x, mask, pre=None, summary=None):
+        """Compute the z-independent parts for ``x`` ``[B, T, D]``; returns the initial carry.
+        ``pre`` and ``summary``, when given, are the model's ``precompute`` and the guide's
+        ``summarise`` of this ``x`` already computed by the caller."""
         model = self.model
-        self.pre = model.precompute(x, mask)
-        self.summary = self.guide.summarise(x, mask, self.pre)
+        self.pre = model.precompute(x, mask) if pre is None else pre
+        self.summary = self.guide.summarise(x, mask, self.pre) if summary is None else summary
         if self.factor_head:
             widths = (self.summary.shape[-1], model.context_dim)
             split = [_blocks(net, widths) for net in self.head_nets]
@@ -180,21 +193,28 @@ class ProtocolSteps:
             outs[1] = logvar_to_scale(outs[1])
         return outs
 
-    def dists(self, carry, t):
-        """``(q(z_t | .), p(z_t | .), state)``: the formulas of
-        :meth:`SequenceGuide.proposal` and the model's ``prior``; ``state`` goes to
-        :meth:`after`."""
+    def proposal(self, carry, t):
+        """``(q(z_t | .), prior_loc)``: the formula of :meth:`SequenceGuide.proposal` alone;
+        ``prior_loc`` is the model's prior mean when Res_q computed it, else None. ``t`` may
+        be ``slice(None)``: every step at once, given a carry ``[..., B, T, .]`` of
+        ``z_{0:T-1}`` (a model whose carry is ``z_{t-1}`` alone)."""
         guide, model = self.guide, self.model
         pre_t = self.pre[: self.n, t]
         if not self.factor_head:
-            q, prior_loc = guide.proposal(carry, self.summary[: self.n, t], pre_t)[:2]
-            return q, model.prior(carry, pre_t, loc=prior_loc), None
+            return tuple(guide.proposal(carry, self.summary[: self.n, t], pre_t)[:2])
         outs = self.head(list(self.head_merged(model.context(carry, pre_t))), t)
         prior_loc = None
         if guide.residual:
             prior_loc = model.prior_loc(carry, pre_t)
             outs[0] = outs[0] + prior_loc
-        return guide.latent_dist(*outs), model.prior(carry, pre_t, loc=prior_loc), None
+        return guide.latent_dist(*outs), prior_loc
+
+    def dists(self, carry, t):
+        """``(q(z_t | .), p(z_t | .), state)``: the formulas of
+        :meth:`SequenceGuide.proposal` and the model's ``prior``; ``state`` goes to
+        :meth:`after`."""
+        q, prior_loc = self.proposal(carry, t)
+        return q, self.model.prior(carry, self.pre[: self.n, t], loc=prior_loc), None
 
     def after(self, carry, t, z_t, state):
         """``(what step t leaves for the emission, the next carry)``."""
@@ -218,8 +238,8 @@ class VRNNSteps(ProtocolSteps):
     of a step is the decoder's first-layer output.
     """
 
-    def start(self, x, mask):
-        carry = super().start(x, mask)
+    def start(self, x, mask, pre=None, summary=None):
+        carry = super().start(x, mask, pre, summary)
         model = self.model
         cell = self.cell = model.cell.cell
         self.gru = model.cell.kind == "gru"
@@ -296,8 +316,8 @@ class SRNNSteps(ProtocolSteps):
     are computed for all steps at once.
     """
 
-    def start(self, x, mask):
-        carry = super().start(x, mask)
+    def start(self, x, mask, pre=None, summary=None):
+        carry = super().start(x, mask, pre, summary)
         model = self.model
         widths = (model.z_dim, model.rnn_dim)
         nets = [model.prior_net.loc_net, model.prior_net.logvar_net]
@@ -441,4 +461,4 @@ def direct_log_weights(model, guide, x, mask, num_particles: int, *,
 
 __all__ = ["DIRECT_MAX_ROWS", "ROWS_SHARE", "MergedFirstLayers", "ProtocolSteps", "SRNNSteps",
            "cell_update",
-           "VRNNSteps", "direct_log_weights", "make_steps", "supports_direct"]
+           "VRNNSteps", "direct_log_weights", "make_steps", "register_pair", "supports_direct"]

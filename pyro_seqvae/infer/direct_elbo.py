@@ -51,13 +51,13 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from ..errors import ConfigError
-from ..layers import LOGVAR_MAX, LOGVAR_MIN, broadcast_cat, logvar_to_scale, register_params
+from ..layers import LOGVAR_MAX, LOGVAR_MIN, broadcast_cat, logvar_to_scale
 from ..models.base import _as_beta, gaussian
 from ..models.pairing import check_guide_model
 from ..models.srnn import SRNN
 from ..models.storn import STORN
 from ..models.vrnn import VRNN
-from .direct import ProtocolSteps, _draw, cell_update, make_steps, supports_direct
+from .direct import ProtocolSteps, _draw, cell_update, make_steps, register_pair, supports_direct
 
 
 def supports_direct_elbo(model, guide) -> bool:
@@ -436,11 +436,7 @@ class DirectELBO(ELBO):
                 f"(make_elbo(..., path='pyro'))")
         x, mask = model.check_batch(x, mask)
         beta = _as_beta(beta, x)
-        register_params(model)
-        register_params(guide)
-        for root in (model, guide):  # the roots' own parameters (e.g. the DMM's z_0)
-            for name, _ in root.named_parameters(recurse=False):
-                getattr(root, name)
+        register_pair(model, guide)
         shape = (x.shape[0],) if self.num_particles == 1 else (self.num_particles, x.shape[0])
         steps = _steps_for(model, guide, self.analytic_kl, defer)
         elbo = steps.elbo(x, mask, beta, shape)

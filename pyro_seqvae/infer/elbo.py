@@ -16,9 +16,9 @@ from pyro.infer import (
 )
 
 from ..errors import ConfigError
-from .direct_elbo import DirectELBO
+from .direct_elbo import DirectELBO, supports_direct_elbo
 from .downstream import DownstreamCostELBO
-from .rws import ReweightedWakeSleep
+from .rws import ReweightedWakeSleep, supports_direct_rws
 from .smc_objectives import FIVO, NASMC
 
 #: Objective names accepted by :func:`make_elbo` and the CLI's ``--elbo``.
@@ -26,13 +26,21 @@ from .smc_objectives import FIVO, NASMC
 #: ``rws`` is reweighted wake-sleep (:mod:`pyro_seqvae.infer.rws`).
 ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc", "downstream", "tracegraph",
          "rws")
-#: How ``trace`` and ``meanfield`` are computed (:func:`make_elbo`'s ``path``): ``pyro`` (Pyro's
-#: ELBO on traces), ``direct`` (:class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`: the same
-#: loss and gradients on the step protocol, faster) or ``auto`` (direct where the pair allows it,
-#: Pyro's otherwise).
+#: How ``trace``, ``meanfield`` and ``rws`` are computed (:func:`make_elbo`'s ``path``): ``pyro``
+#: (on Pyro's traces), ``direct`` (on the step protocol without traces, the same loss and
+#: gradients, faster: :class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`,
+#: :func:`~pyro_seqvae.infer.rws.direct_log_densities`) or ``auto`` (direct where the pair
+#: allows it, Pyro's otherwise).
 ELBO_PATHS = ("pyro", "direct", "auto")
 #: The objectives that have a direct path.
-DIRECT_ELBOS = ("trace", "meanfield")
+DIRECT_ELBOS = ("trace", "meanfield", "rws")
+
+
+def supports_direct_path(kind: str, model, guide) -> bool:
+    """Whether objective ``kind`` (one of :data:`DIRECT_ELBOS`) has a direct path for this
+    model and guide."""
+    return (supports_direct_rws(model, guide) if kind == "rws"
+            else supports_direct_elbo(model, guide))
 
 
 @contextlib.contextmanager
@@ -117,10 +125,12 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     :param str kind: one of :data:`ELBOS`.
     :param int num_particles: samples per step (``iwae`` needs at least 2 to differ from trace).
     :param float discount: ``downstream`` only: the learning signal's weight per future step.
-    :param str path: ``trace`` and ``meanfield`` only: one of :data:`ELBO_PATHS`. ``direct``
-        and ``auto`` give a :class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`, the same loss
-        and gradients as Pyro's without traces; under ``auto`` pairs outside the step protocol
-        (binary latents, models written as free Pyro programs) use Pyro's ELBO.
+    :param str path: ``trace``, ``meanfield`` and ``rws`` only: one of :data:`ELBO_PATHS`.
+        ``direct`` and ``auto`` give a :class:`~pyro_seqvae.infer.direct_elbo.DirectELBO`
+        (``rws``: RWS's direct densities), the same loss and gradients as on Pyro's traces
+        without them; under ``auto`` pairs outside the step protocol (``trace``/``meanfield``:
+        binary latents; ``rws``: a z-dependent recurrence such as the VRNN's; models written
+        as free Pyro programs) use Pyro's traces.
     :rtype: pyro.infer.ELBO or JitELBOByLength
     """
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
@@ -130,6 +140,8 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     if path != "pyro" and kind not in DIRECT_ELBOS:
         raise ConfigError(f"elbo path {path!r} applies to the objectives {list(DIRECT_ELBOS)} "
                           f"only, got elbo {kind!r}; use path 'pyro'")
+    if kind == "rws":
+        return ReweightedWakeSleep(num_particles, path=path)
     common = dict(num_particles=num_particles, max_plate_nesting=1,
                   vectorize_particles=num_particles > 1)
     if path != "pyro":
@@ -152,9 +164,8 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
         return FIVO(num_particles)
     if kind == "nasmc":
         return NASMC(num_particles)
-    if kind == "rws":
-        return ReweightedWakeSleep(num_particles)
     raise ConfigError(f"unknown elbo {kind!r}; expected one of {list(ELBOS)}")
 
 
-__all__ = ["DIRECT_ELBOS", "ELBO", "ELBOS", "ELBO_PATHS", "JitELBOByLength", "make_elbo"]
+__all__ = ["DIRECT_ELBOS", "ELBO", "ELBOS", "ELBO_PATHS", "JitELBOByLength", "make_elbo",
+           "supports_direct_path"]

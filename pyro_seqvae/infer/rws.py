@@ -20,6 +20,22 @@ guide's gradients go to disjoint parameter sets: a network the guide borrows fro
 
 ``beta`` scales the latent sites (KL annealing), so the weights are tempered as the annealed
 ELBO is; at ``beta = 1`` the loss is ``-sum_b L_K(x_b)``.
+
+**The direct path** (``path="auto"``, the default, or ``"direct"``). Where the model's carry
+from step to step is ``z_{t-1}`` alone (TSBN, SRNN, DMM: no z-dependent recurrence such as the
+VRNN's ``h_t``) and the pair is on the step protocol
+(:func:`~pyro_seqvae.infer.direct.supports_direct`), the densities are computed without Pyro
+traces. The samples carry no gradient in RWS, so:
+
+- only the guide's sampling recursion ``z_t ~ q(z_t | z_{t-1}, a_t)`` runs step by step, under
+  ``torch.no_grad``: ``[K, B, Z]`` per step, nothing recorded for autograd;
+- ``log q(z^k | x)``, ``log p(z^k)`` and ``log p(x | z^k)`` are then one batched call each over
+  all ``T`` steps, given ``z_{0:T-1}`` and ``z_{1:T}`` ``[K, B, T, Z]``.
+
+With the same random numbers the densities, the loss and both gradients equal the traced
+path's (tested in float64). One difference: the model's ``precompute`` runs once, so a TSBN's
+training-time feedback corruption (``input_flip``) is drawn once and read by the guide and the
+model alike; the traced path draws it separately for each.
 """
 
 from __future__ import annotations
@@ -29,9 +45,79 @@ import math
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
 
 from ..errors import ConfigError
+from ..models.base import Carry, LatentSequenceModel, _as_beta
+from ..models.pairing import check_guide_model
+from .direct import _draw, make_steps, register_pair, supports_direct
 from .importance import _in_particle_plate, _sum_log_probs
+
+#: How :class:`ReweightedWakeSleep` computes its densities: ``auto`` (direct where
+#: :func:`supports_direct_rws`, else traced), ``direct`` (refuse other pairs) or ``pyro``.
+RWS_PATHS = ("auto", "direct", "pyro")
+
+
+class _DrawnWithoutGradient(Messenger):
+    """Draw each latent site as Pyro would (``rsample`` where the family has it), but under
+    ``torch.no_grad``: the guide's later steps then read samples that carry no gradient, so
+    wake-phi's ``grad_phi log q(z^k | x)`` holds ``z^k`` fixed. (Detaching the trace afterwards
+    is not enough with Gaussian latents: each ``q(z_t | z_{t-1}, .)`` would still be
+    differentiated through the reparameterised ``z_{t-1}``.)"""
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        with torch.no_grad():
+            msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])
+        msg["done"] = True
+
+
+def supports_direct_rws(model, guide) -> bool:
+    """Whether the direct path computes this pair's RWS densities: the pair is on the step
+    protocol and the model's carry is ``z_{t-1}`` alone (its ``advance`` is the protocol's)."""
+    return (supports_direct(model, guide)
+            and type(model).advance is LatentSequenceModel.advance)
+
+
+def direct_log_densities(model, guide, x, mask, num_particles: int, beta=1.0):
+    """``log p(x, z^k)`` and ``log q(z^k | x)`` ``[K, B]``, with ``z^k ~ q`` drawn without
+    gradient, on the step protocol (see the module's description).
+
+    :param torch.Tensor x: ``[B, T, D]``.
+    :param torch.Tensor mask: ``[B, T]`` bool.
+    :returns: ``(log_p, log_q)``; the latent terms of both are scaled by ``beta``.
+    """
+    if not supports_direct_rws(model, guide):
+        check_guide_model(guide, model)
+        raise ConfigError(f"the direct RWS path needs a LatentSequenceModel whose carry is "
+                          f"z_(t-1) alone and its SequenceGuide on the step protocol, got "
+                          f"{type(model).__name__} and {type(guide).__name__}; use path 'pyro'")
+    x, mask = model.check_batch(x, mask)
+    beta = _as_beta(beta, x)
+    register_pair(model, guide)
+    B, T, _ = x.shape
+    K = num_particles
+    pre = model.precompute(x, mask)
+    steps = make_steps(model, guide)  # the guide head's z-free blocks, once for all steps
+    carry = steps.start(x, mask, pre, guide.summarise(x, mask, pre))
+    z_0 = carry.z  # [B, Z]; the DMM's is a parameter
+    draws = []
+    with torch.no_grad():  # the sampling recursion: no gradient flows through RWS's samples
+        for t in range(T):
+            _, z_t = _draw(steps.proposal(carry, t)[0], (K, B))
+            draws.append(z_t)
+            carry = model.advance(carry, pre[:, t], z_t)
+    z = torch.stack(draws, dim=-2)  # [K, B, T, Z]
+    previous = Carry(z=torch.cat([z_0.unsqueeze(-2).expand(K, B, 1, z_0.shape[-1]),
+                                  z[..., :-1, :]], dim=-2))
+    real = mask.to(x.dtype)
+    q, prior_loc = steps.proposal(previous, slice(None))  # every step at once: [K, B, T]
+    log_q = (q.log_prob(z) * real).sum(-1) * beta
+    log_z = (model.prior(previous, pre, loc=prior_loc).log_prob(z) * real).sum(-1) * beta
+    emission = model.emission_dist(pre, model.emission_input(previous, z))
+    log_x = (emission.log_prob(x) * real).sum(-1)
+    return log_z + log_x, log_q
 
 
 class ReweightedWakeSleep(ELBO):
@@ -43,6 +129,8 @@ class ReweightedWakeSleep(ELBO):
 
     :param int num_particles: ``K >= 2`` (with one particle every normalised weight is 1 and
         wake-phi is maximum likelihood on the guide's own sample; Bornschein & Bengio use 5).
+    :param str path: ``auto`` (direct where :func:`supports_direct_rws`, else Pyro's traces),
+        ``direct`` (a one-line :class:`ConfigError` for other pairs) or ``pyro``.
 
     Example::
 
@@ -50,18 +138,24 @@ class ReweightedWakeSleep(ELBO):
         svi.step(batch.x, batch.mask)
     """
 
-    def __init__(self, num_particles: int = 5):
+    def __init__(self, num_particles: int = 5, *, path: str = "auto"):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
                 or num_particles < 2:
             raise ConfigError(f"reweighted wake-sleep needs num_particles >= 2 (its weights are "
                               f"self-normalised over the particles), got {num_particles!r}")
+        if path not in RWS_PATHS:
+            raise ConfigError(f"the RWS path must be one of {list(RWS_PATHS)}, got {path!r}")
         super().__init__(num_particles=num_particles, max_plate_nesting=1)
+        self.path = path
 
     def log_densities(self, model, guide, x, mask, beta=1.0):
         """``log p(x, z^k)`` and ``log q(z^k | x)``, ``[K, B]`` each, ``z^k`` drawn from the
         guide and detached (the model sees them as data)."""
+        if self.path == "direct" or (self.path == "auto" and supports_direct_rws(model, guide)):
+            return direct_log_densities(model, guide, x, mask, self.num_particles, beta)
         args = (x, mask, beta)
-        guide_trace = poutine.trace(_in_particle_plate(guide, self.num_particles)).get_trace(*args)
+        sampled = _DrawnWithoutGradient()(_in_particle_plate(guide, self.num_particles))
+        guide_trace = poutine.trace(sampled).get_trace(*args)
         guide_trace.detach_()
         replayed = poutine.replay(_in_particle_plate(model, self.num_particles), trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args)
@@ -104,4 +198,4 @@ class ReweightedWakeSleep(ELBO):
         raise NotImplementedError("ReweightedWakeSleep traces its particles itself")
 
 
-__all__ = ["ReweightedWakeSleep"]
+__all__ = ["RWS_PATHS", "ReweightedWakeSleep", "direct_log_densities", "supports_direct_rws"]

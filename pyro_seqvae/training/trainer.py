@@ -31,8 +31,7 @@ from ..errors import (
 )
 from ..guides.baselines import decaying_average_state, restore_decaying_averages
 from ..infer.annealing import LinearKLSchedule
-from ..infer.direct_elbo import supports_direct_elbo
-from ..infer.elbo import DIRECT_ELBOS, make_elbo
+from ..infer.elbo import DIRECT_ELBOS, make_elbo, supports_direct_path
 from ..infer.evaluation import elbo_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
@@ -152,11 +151,14 @@ class Trainer:
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
                                   "lrd": config.lr_decay})
         path = config.elbo_path if config.elbo in DIRECT_ELBOS else "pyro"
-        if path == "direct" and not supports_direct_elbo(model, guide):
+        if path == "direct" and not supports_direct_path(config.elbo, model, guide):
+            needs = ("a library model whose carry is z_(t-1) alone (TSBN, SRNN, DMM) and its "
+                     "guide" if config.elbo == "rws" else "a library model with Gaussian "
+                     "latents and its guide, without a baseline")
             raise ConfigError(
-                f"elbo_path 'direct' (DirectELBO needs a library model with Gaussian latents and "
-                f"its guide, without a baseline) cannot train {type(model).__name__} with "
-                f"{type(guide).__name__}; use elbo_path 'auto' or 'pyro'")
+                f"elbo_path 'direct' (elbo {config.elbo!r} needs {needs}) cannot train "
+                f"{type(model).__name__} with {type(guide).__name__}; use elbo_path 'auto' or "
+                f"'pyro'")
         self.elbo = make_elbo(config.elbo, num_particles=config.num_particles,
                               discount=config.discount, path=path)
         self.svi = SVI(model, guide, self.optim, self.elbo)

@@ -1,8 +1,10 @@
-"""TrainConfig.elbo_path: the Trainer computes trace/meanfield with DirectELBO where it can.
+"""TrainConfig.elbo_path: the Trainer computes trace/meanfield with DirectELBO, and RWS with its
+direct densities, where it can.
 
 The direct path is the same objective with the same random numbers, so a run trained on it
 ends at the parameters of the same run on Pyro's traces (to float32 rounding); pairs it does not
-cover (binary latents) fall back to Pyro's ELBO under ``auto`` and are refused under ``direct``.
+cover (trace/meanfield: binary latents; rws: the VRNN's z-dependent recurrence) fall back to
+Pyro's traces under ``auto`` and are refused under ``direct``.
 """
 
 import pytest
@@ -16,6 +18,7 @@ from test_trainer_resume import (
 )
 
 from pyro_seqvae.errors import ConfigError
+from pyro_seqvae.infer import ReweightedWakeSleep
 from pyro_seqvae.infer.direct_elbo import DirectELBO
 from pyro_seqvae.training import LAST
 
@@ -89,3 +92,32 @@ def test_a_run_may_continue_on_the_other_path(tmp_path):
     second = fresh_trainer(tiny_config(epochs=2, elbo_path="direct"), tmp_path / "b")
     history = second.fit(splits, resume=tmp_path / "a" / LAST)
     assert [r["epoch"] for r in history] == [2]
+
+
+def test_rws_on_the_direct_path_trains_a_tsbn_to_the_same_parameters(tmp_path):
+    """Without feedback corruption (the direct path draws it once for the guide and the model,
+    the traced path once for each) the two paths are the same run."""
+    splits = tiny_splits()
+    ends = {}
+    for path in ("pyro", "direct"):
+        config = tiny_config(model="tsbn", guide="filter", residual=False, elbo="rws",
+                             num_particles=3, elbo_path=path, input_flip=0.0, epochs=2,
+                             model_kwargs={"z_dim": 4}, guide_kwargs={"hidden_layers": 0})
+        trainer = fresh_trainer(config, tmp_path / path)
+        assert isinstance(trainer.elbo, ReweightedWakeSleep) and trainer.elbo.path == path
+        history = trainer.fit(splits)
+        ends[path] = (states(trainer), [r["train_objective_per_step"] for r in history])
+    assert_states_equal(ends["direct"][0][0], ends["pyro"][0][0])
+    assert_states_equal(ends["direct"][0][1], ends["pyro"][0][1])
+    assert ends["direct"][1] == pytest.approx(ends["pyro"][1], abs=1e-5)
+
+
+def test_direct_rws_refuses_a_recurrent_carry_before_training(tmp_path):
+    vrnn = dict(model="vrnn", guide="filter", residual=False, elbo="rws", num_particles=2,
+                model_kwargs=SIZES["vrnn"], guide_kwargs={"hidden_dim": 7}, epochs=1)
+    with pytest.raises(ConfigError, match="cannot train VRNN with FilteringGuide"):
+        fresh_trainer(tiny_config(elbo_path="direct", **vrnn), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    auto = fresh_trainer(tiny_config(elbo_path="auto", **vrnn), tmp_path / "auto")
+    assert auto.elbo.path == "auto"
+    assert len(auto.fit(tiny_splits())) == 1
