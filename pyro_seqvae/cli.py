@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Adam learning rate (default: {defaults.lr:g})")
     t.add_argument("--lr-decay", type=float, default=1.0,
                    help="learning-rate factor per update (default: 1, no decay)")
+    t.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 penalty: weight_decay * p added to each parameter's gradient, whose "
+                        "loss sums the batch's sequences and steps (default: 0)")
     t.add_argument("--clip-norm", type=float, default=10.0, help="gradient clipping (default: 10)")
     t.add_argument("--beta-start", type=float, default=0.2,
                    help="KL weight at the first update (default: 0.2, SRNN paper)")
@@ -409,6 +412,7 @@ def _train(args, parallel) -> int:
         emission_kwargs=emission_kwargs, model_kwargs=model_kwargs, guide_kwargs=guide_kwargs,
         epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+        weight_decay=args.weight_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
         elbo_path=args.elbo_path, baseline=args.baseline, discount=args.discount,

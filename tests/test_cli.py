@@ -180,8 +180,9 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     (["--model", "tsbn", "--elbo-path", "direct"], "cannot train TSBN"),
     (["--model", "vrnn", "--elbo", "rws", "--particles", "2", "--elbo-path", "direct"],
      "cannot train VRNN"),
+    (["--weight-decay", "-1"], "weight_decay must be a finite number >= 0"),
 ], ids=["unknown-model", "unknown-guide", "storn-residual", "rnn-smooth", "negative-clip",
-        "dmm-activation", "direct-iwae", "direct-tsbn", "direct-rws-vrnn"])
+        "dmm-activation", "direct-iwae", "direct-tsbn", "direct-rws-vrnn", "negative-wd"])
 def test_train_refuses_impossible_models(data_file, tmp_path, extra, match):
     result = run_cli("train", "--data", data_file, *TINY, "--epochs", 1,
                      "--out", tmp_path / "run", *extra)

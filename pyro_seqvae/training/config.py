@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -49,6 +50,10 @@ class TrainConfig:
     :param float lr: Adam learning rate (1e-3, the SRNN paper's TIMIT setting; stable with the
         paper's clamped networks, which bound the latent chain z_{t-1} -> z_t).
     :param float lr_decay: multiplicative learning-rate decay per update (ClippedAdam ``lrd``).
+    :param float weight_decay: L2 penalty ``weight_decay * p`` added to every parameter's
+        gradient (ClippedAdam's ``weight_decay``, as in ``torch.optim.Adam``: coupled, before
+        the moment estimates). The losses are sums over the batch's sequences and steps, so
+        the penalty's relative weight shrinks as the batch grows (default 0: none).
     :param float clip_norm: gradient-norm clipping.
     :param float beta_start: KL weight at update 0 (SRNN paper: 0.2).
     :param float beta_increment: added to the KL weight per update (SRNN paper: 1e-4 or 3e-4).
@@ -118,6 +123,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     lr_decay: float = 1.0
+    weight_decay: float = 0.0
     clip_norm: float = 10.0
     beta_start: float = 0.2
     beta_increment: float | None = None
@@ -146,6 +152,9 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if isinstance(self.weight_decay, bool) or not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got "
+                              f"{self.weight_decay!r}")
         if not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}")
         if self.elbo is None:  # the model's default: analytic KL where the latents allow it

@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Settings that may differ when a run is continued (``fit(resume=...)``); each change is
 #: recorded in ``run.json`` (``sessions``) and in the metrics lines. Everything else must match.
-RESUMABLE_CHANGES = ("epochs", "lr", "lr_decay", "clip_norm", "patience", "validate",
-                     "elbo_path")
+RESUMABLE_CHANGES = ("epochs", "lr", "lr_decay", "weight_decay", "clip_norm", "patience",
+                     "validate", "elbo_path")
 #: Divergence rule: a batch's loss per step, or the negative validation ELBO per step, above
 #: ``ref + DIVERGENCE_FACTOR * max(|ref|, 1)`` stops the run, where ``ref`` is the loss per step
 #: of the run's first update (the initial or warm-start weights, before any update). A healthy
@@ -149,7 +149,7 @@ class Trainer:
         self.overwrite = overwrite
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
         self.optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm,
-                                  "lrd": config.lr_decay})
+                                  "lrd": config.lr_decay, "weight_decay": config.weight_decay})
         path = config.elbo_path if config.elbo in DIRECT_ELBOS else "pyro"
         if path == "direct" and not supports_direct_path(config.elbo, model, guide):
             needs = ("a library model whose carry is z_(t-1) alone (TSBN, SRNN, DMM) and its "
@@ -233,10 +233,11 @@ class Trainer:
         optim_state = payload.get("optim_state")
         if optim_state is not None:
             # ClippedAdam's group keys and the config fields they come from
-            fields = {"lr": "lr", "clip_norm": "clip_norm", "lrd": "lr_decay"}
+            fields = {"lr": "lr", "clip_norm": "clip_norm", "lrd": "lr_decay",
+                      "weight_decay": "weight_decay"}
             overrides = {key: getattr(self.config, name) for key, name in fields.items()
                          if name in changes}
-            for state in optim_state.values():  # a changed lr/clip_norm/lr_decay applies now
+            for state in optim_state.values():  # a changed lr/clip_norm/... applies now
                 for group in state.get("param_groups", ()):
                     group.update(overrides)
             self.optim.set_state(optim_state)
@@ -264,8 +265,9 @@ class Trainer:
 
     def resume(self, path):
         """Continue from a checkpoint exactly: weights, optimizer, RNG, epoch, step and the KL
-        schedule. ``epochs``, ``lr``, ``lr_decay``, ``clip_norm``, ``patience`` and ``validate``
-        may differ from the checkpoint's; any other difference is a :class:`CheckpointError`."""
+        schedule. ``epochs``, ``lr``, ``lr_decay``, ``weight_decay``, ``clip_norm``, ``patience``,
+        ``validate`` and ``elbo_path`` may differ from the checkpoint's; any other difference is
+        a :class:`CheckpointError`."""
         payload, changes = self._check_resume(path)
         self._restore(payload, changes)
         return payload
