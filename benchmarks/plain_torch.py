@@ -252,8 +252,6 @@ def load_library_weights(plain, model, guide):
         copy_head(guide.head, plain.head)
     return plain
 
-
-
 class PlainTSBN(nn.Module):
     """The TSBN with the paper's linear recognition model, trained by reweighted wake-sleep,
     written by hand (``rws_speed.py``): the twin of ``TSBN(88, z_dim=100)`` +
@@ -301,3 +299,19 @@ class PlainTSBN(nn.Module):
         bound = torch.logsumexp(log_w, 0) - math.log(K)
         weights = torch.softmax(log_w.detach(), 0)
         return -bound.sum(), -(weights * log_q).sum()
+
+
+def load_library_tsbn_weights(plain, model, guide):
+    """Copy the weights of the library's ``TSBN`` + ``FilteringGuide(model, hidden_layers=0)``
+    into ``PlainTSBN``: the guide's linear head reads ``[x_{t-1}, x_t, z_{t-1}]``."""
+    with torch.no_grad():
+        plain.prior_z.weight.copy_(model.prior_z[0].weight)
+        plain.prior_x.load_state_dict(model.prior_x.state_dict())
+        plain.decoder_z.load_state_dict(model.decoder_z.state_dict())
+        plain.decoder_x.load_state_dict(model.decoder_x.state_dict())
+        head = guide.head.logit_net.layers[0]
+        split = plain.q_x.in_features
+        plain.q_x.weight.copy_(head.weight[:, :split])
+        plain.q_x.bias.copy_(head.bias)
+        plain.q_z.weight.copy_(head.weight[:, split:])
+    return plain

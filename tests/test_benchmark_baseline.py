@@ -15,10 +15,17 @@ from common import tiny_batch
 from pyro.infer import Trace_ELBO
 
 from pyro_seqvae.guides import FilteringGuide, SmoothingGuide
-from pyro_seqvae.models import SRNN, VRNN
+from pyro_seqvae.infer import ReweightedWakeSleep
+from pyro_seqvae.models import SRNN, TSBN, VRNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from plain_torch import PlainSRNN, PlainVRNN, load_library_weights  # noqa: E402
+from plain_torch import (  # noqa: E402
+    PlainSRNN,
+    PlainTSBN,
+    PlainVRNN,
+    load_library_tsbn_weights,
+    load_library_weights,
+)
 
 SIZES = dict(z_dim=3, rnn_dim=5, hidden_dim=7)
 
@@ -78,3 +85,30 @@ def test_plain_importance_sampler_computes_the_librarys_log_weights(make):
     baseline = plain.log_weights(x, mask, 6)
     assert baseline.shape == (6, 3)
     torch.testing.assert_close(baseline, library, atol=1e-9, rtol=1e-12)
+
+
+def test_plain_tsbn_computes_the_librarys_rws_losses_and_gradients():
+    """``rws_speed.py``'s plain TSBN: with the library's weights and the same random numbers,
+    both RWS losses and every gradient equal ``ReweightedWakeSleep``'s (padded batch)."""
+    torch.manual_seed(0)
+    model = TSBN(88, z_dim=6)
+    guide = FilteringGuide(model, hidden_layers=0)
+    plain = load_library_tsbn_weights(PlainTSBN(88, z_dim=6), model, guide)
+    x, mask = tiny_batch(B=3, T=5, lengths=[5, 3, 4])
+    objective = ReweightedWakeSleep(4)
+    torch.manual_seed(1)
+    loss = objective.loss_and_grads(model, guide, x, mask)
+    torch.manual_seed(1)
+    theta, phi = plain.rws_losses(x, mask, 4)
+    theta.backward(inputs=plain.model_parameters(), retain_graph=True)
+    phi.backward(inputs=plain.guide_parameters())
+    assert float(theta.detach()) == pytest.approx(loss, rel=1e-5)
+    head = guide.head.logit_net.layers[0].weight.grad
+    pairs = [(plain.prior_z.weight, model.prior_z[0].weight.grad),
+             (plain.prior_x.weight, model.prior_x.weight.grad),
+             (plain.decoder_z.weight, model.decoder_z.weight.grad),
+             (plain.decoder_x.weight, model.decoder_x.weight.grad),
+             (plain.q_x.weight, head[:, :176]), (plain.q_z.weight, head[:, 176:]),
+             (plain.q_x.bias, guide.head.logit_net.layers[0].bias.grad)]
+    for param, expected in pairs:
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-4)
