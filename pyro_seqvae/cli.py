@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .infer.elbo import ELBO_PATHS, ELBOS
     from .layers import ACTIVATIONS
     from .models import MODELS
-    from .training.config import VALIDATE, TrainConfig
+    from .training.config import VALID_ESTIMATORS, VALIDATE, TrainConfig
 
     defaults = TrainConfig()
 
@@ -167,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--particles", type=int, default=1,
                    help="samples per update (the K of --elbo iwae, fivo, nasmc, rws) (default: 1)")
     t.add_argument("--patience", type=int, default=None,
-                   help="stop after this many epochs without a better validation ELBO")
+                   help="stop after this many epochs without a better validation figure "
+                        "(--valid-estimator's)")
+    t.add_argument("--valid-estimator", choices=list(VALID_ESTIMATORS), default="elbo",
+                   help="validation figure that picks checkpoint_best.pt and drives --patience: "
+                        "elbo, or smc (SMC's log Z-hat per step with --particles particles, "
+                        "the figure nasmc and fivo optimise; the ELBO is recorded too) "
+                        "(default: elbo)")
     t.add_argument("--transpose", type=int, default=0,
                    help="augment by random transposition of up to this many semitones")
     t.add_argument("--init-output-bias", action=argparse.BooleanOptionalAction, default=True,
@@ -415,7 +421,8 @@ def _train(args, parallel) -> int:
         weight_decay=args.weight_decay,
         clip_norm=args.clip_norm, beta_start=args.beta_start,
         beta_increment=args.beta_increment, elbo="jit" if args.jit else args.elbo,
-        elbo_path=args.elbo_path, baseline=args.baseline, discount=args.discount,
+        elbo_path=args.elbo_path, valid_estimator=args.valid_estimator,
+        baseline=args.baseline, discount=args.discount,
         num_particles=args.particles, validate=args.validate, seed=args.seed, device=args.device,
         patience=args.patience, transpose=args.transpose, limit=args.limit,
         init_output_bias=args.init_output_bias, **feedback)
@@ -468,8 +475,8 @@ def _train(args, parallel) -> int:
     last = history[-1] if history else {}
     print(f"trained {type(model).__name__} + {type(guide_module).__name__}"
           f"{' (Res_q)' if residual else ''} for {trainer.epoch} epochs in {minutes:.1f} min; "
-          f"best validation ELBO {trainer.best_valid:.4f} nats/step"
-          + (f" (last epoch {last.get('valid_elbo_per_step', float('nan')):.4f})"
+          f"best validation {trainer.valid_label} {trainer.best_valid:.4f} nats/step"
+          + (f" (last epoch {last.get(trainer.valid_key, float('nan')):.4f})"
              if last else ""))
     if args.eval_particles:
         results = _evaluate(model, guide_module, splits.test, particles=args.eval_particles,

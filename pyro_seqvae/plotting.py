@@ -151,6 +151,10 @@ def plot_training_curves(history: Sequence[dict], *, evaluations: Sequence[dict]
             label="training objective (annealed ELBO)")
     ax.plot(epochs, [r["valid_elbo_per_step"] for r in history], "s-", markersize=3,
             label="validation ELBO")
+    if any("valid_smc_per_step" in r for r in history):
+        smc = [(e, r["valid_smc_per_step"]) for e, r in zip(epochs, history)
+               if "valid_smc_per_step" in r]
+        ax.plot(*zip(*smc), "^-", markersize=3, label="validation SMC estimate")
     for i, result in enumerate(evaluations):
         label = f"{result.get('split', '?')}, K={result.get('particles', '?')}"
         ax.axhline(result["elbo_per_step"], color=f"C{2 + i % 7}", linestyle=":",

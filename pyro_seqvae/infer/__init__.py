@@ -4,7 +4,7 @@ from .annealing import LinearKLSchedule
 from .direct_elbo import DirectELBO
 from .downstream import DownstreamCostELBO
 from .elbo import ELBOS, JitELBOByLength, make_elbo
-from .evaluation import elbo_per_step, evaluate_split
+from .evaluation import elbo_per_step, evaluate_split, smc_per_step
 from .importance import (
     KHAT_THRESHOLD,
     ImportanceEstimate,
@@ -24,4 +24,4 @@ __all__ = ["DirectELBO", "DownstreamCostELBO", "ELBOS", "FIVO", "ImportanceEstim
            "chunked_log_weights", "compare_sample_statistics", "elbo_per_step",
            "estimate_log_likelihood", "estimate_smc_log_likelihood", "evaluate_split",
            "log_importance_weights", "make_elbo", "pareto_khat", "piano_roll_statistics",
-           "run_smc", "sample_statistics"]
+           "run_smc", "sample_statistics", "smc_per_step"]

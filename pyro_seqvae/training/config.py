@@ -21,6 +21,8 @@ PAPER_BETA_INCREMENT = 3e-4
 JIT_PAD_MULTIPLE = 8
 #: Settings of ``TrainConfig.validate``.
 VALIDATE = ("first", "always", "never")
+#: Settings of ``TrainConfig.valid_estimator``: the validation figure that selects checkpoints.
+VALID_ESTIMATORS = ("elbo", "smc")
 
 
 def _call(factory, what: str, *args, **kwargs):
@@ -90,7 +92,14 @@ class TrainConfig:
     :param int num_particles: samples per update (``iwae``, ``fivo``, ``nasmc``, ``rws``: the K).
     :param int seed: seeds torch, Pyro, NumPy and the data order.
     :param str device: ``cpu``, ``cuda``, ``cuda:1`` ...
-    :param int patience: stop after this many epochs without a better validation ELBO.
+    :param int patience: stop after this many epochs without a better validation figure
+        (``valid_estimator``'s).
+    :param str valid_estimator: the validation figure that picks the best checkpoint and drives
+        ``patience``: ``elbo`` (the default: the ELBO per step) or ``smc`` (SMC's
+        ``log Z-hat`` per step with ``num_particles`` particles and the guide as the proposal,
+        :func:`~pyro_seqvae.infer.evaluation.smc_per_step`, seeded with ``seed`` at every
+        epoch; the figure SMC-trained runs, ``nasmc`` and ``fivo``, optimise). The ELBO is
+        recorded either way.
     :param bool bucket_by_length: batch sequences of similar length together.
     :param int pad_to_multiple: pad each batch's length to a multiple (JIT: one compile each;
         ``elbo="jit"`` pads to multiples of 8 unless told otherwise).
@@ -129,6 +138,7 @@ class TrainConfig:
     beta_increment: float | None = None
     elbo: str | None = None
     elbo_path: str = "auto"
+    valid_estimator: str = "elbo"
     baseline: str = "none"
     discount: float = 1.0
     validate: str = "first"
@@ -194,6 +204,12 @@ class TrainConfig:
             raise ConfigError(f"elbo_path 'direct' applies to the objectives "
                               f"{list(DIRECT_ELBOS)} only, got elbo {self.elbo!r}; use "
                               f"elbo_path 'auto' or 'pyro'")
+        if self.valid_estimator not in VALID_ESTIMATORS:
+            raise ConfigError(f"valid_estimator must be one of {list(VALID_ESTIMATORS)}, got "
+                              f"{self.valid_estimator!r}")
+        if self.valid_estimator == "smc" and self.num_particles < 2:
+            raise ConfigError(f"valid_estimator 'smc' uses num_particles particles and needs at "
+                              f"least 2, got num_particles={self.num_particles}")
         if self.validate not in VALIDATE:
             raise ConfigError(f"validate must be one of {list(VALIDATE)}, got {self.validate!r}")
         if self.patience is not None and self.patience < 1:
@@ -235,6 +251,9 @@ class TrainConfig:
             raise ConfigError(f"elbo={self.elbo!r} needs reparameterised latents; "
                               f"{type(model).__name__}'s are {model.latent_family}: use 'trace' "
                               "or 'tracegraph'")
+        if self.valid_estimator == "smc" and not model.has_latents:
+            raise ConfigError(f"valid_estimator='smc' runs SMC over latent variables; "
+                              f"{type(model).__name__} has none (use 'elbo')")
         if self.elbo == "rws" and not model.has_latents:
             raise ConfigError(f"elbo='rws' trains a guide of latent variables; "
                               f"{type(model).__name__} has none (use 'trace')")

@@ -49,7 +49,10 @@ def format_epoch(record: dict, total_epochs: int, *, best: bool = False) -> str:
     """The epoch line, e.g. ``epoch 3/20: train objective -9.1234, valid ELBO -8.9876 ...``."""
     return (f"epoch {record['epoch']}/{total_epochs}: "
             f"train objective {record['train_objective_per_step']:.4f}, "
-            f"valid ELBO {record['valid_elbo_per_step']:.4f} nats/step, higher is better "
+            f"valid ELBO {record['valid_elbo_per_step']:.4f}"
+            + (f", valid SMC {record['valid_smc_per_step']:.4f}"
+               if "valid_smc_per_step" in record else "")
+            + " nats/step, higher is better "
             f"(beta {record['beta']:.3f}, {record.get('seconds', float('nan')):.1f} s)"
             + (", best so far" if best else ""))
 
@@ -107,8 +110,9 @@ class EpochReporter:
     """
 
     def __init__(self, out_dir=None, *, verbose: bool = True, tensorboard: bool = False,
-                 curves: bool = True):
+                 curves: bool = True, valid_key: str = "valid_elbo_per_step"):
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.valid_key = valid_key  # the figure that decides "best so far"
         self.verbose = verbose
         self.curves = curves and self.out_dir is not None
         self._writer_class = None
@@ -124,7 +128,8 @@ class EpochReporter:
 
     def epoch_end(self, record: dict, history: list, total_epochs: int) -> None:
         """Report a finished epoch: the line, ``curves.png`` and TensorBoard scalars."""
-        best = record["valid_elbo_per_step"] >= max(r["valid_elbo_per_step"] for r in history)
+        key = self.valid_key
+        best = record[key] >= max(r[key] for r in history)
         self.say(format_epoch(record, total_epochs, best=best))
         if self.curves and not self._plot_failed:
             try:
@@ -140,6 +145,8 @@ class EpochReporter:
             self._writer.add_scalar("train/objective_per_step",
                                     record["train_objective_per_step"], epoch)
             self._writer.add_scalar("valid/elbo_per_step", record["valid_elbo_per_step"], epoch)
+            if "valid_smc_per_step" in record:
+                self._writer.add_scalar("valid/smc_per_step", record["valid_smc_per_step"], epoch)
             self._writer.add_scalar("train/beta", record["beta"], epoch)
             self._writer.add_scalar("train/seconds", record["seconds"], epoch)
             self._writer.flush()

@@ -10,6 +10,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -32,7 +33,7 @@ from ..errors import (
 from ..guides.baselines import decaying_average_state, restore_decaying_averages
 from ..infer.annealing import LinearKLSchedule
 from ..infer.elbo import DIRECT_ELBOS, make_elbo, supports_direct_path
-from ..infer.evaluation import elbo_per_step
+from ..infer.evaluation import elbo_per_step, smc_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
 from .distributed import SingleProcess
@@ -144,7 +145,11 @@ class Trainer:
             out_dir, progress = None, False
         # -- end of hook --
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.reporter = EpochReporter(self.out_dir, verbose=verbose, tensorboard=tensorboard)
+        #: The record key of the figure that selects the best checkpoint and drives patience.
+        self.valid_key = f"valid_{config.valid_estimator}_per_step"
+        self.valid_label = {"elbo": "ELBO", "smc": "SMC estimate"}[config.valid_estimator]
+        self.reporter = EpochReporter(self.out_dir, verbose=verbose, tensorboard=tensorboard,
+                                      valid_key=self.valid_key)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.overwrite = overwrite
         self.schedule = config.kl_schedule(1)  # replaced in fit(), once the data is known
@@ -493,10 +498,11 @@ class Trainer:
         config = self.config
         self.parallel.begin_fit(self.model, self.guide, seed=config.seed, step=self.step)  # hook
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
+        key = self.valid_key
         epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
         for past in self.history:
-            gained = past["valid_elbo_per_step"] > best
-            best = max(best, past["valid_elbo_per_step"])
+            gained = past[key] > best
+            best = max(best, past[key])
             epochs_without_gain = 0 if gained else epochs_without_gain + 1
         while self.epoch < config.epochs:
             start = time.perf_counter()
@@ -515,13 +521,22 @@ class Trainer:
                     f"the validation ELBO per step is {valid:.4g}"
                     + (f", beyond the limit {-limit:.4g}" if math.isfinite(valid) else ""),
                     update=self.step)  # the epoch's last update
+            figures = {"valid_elbo_per_step": valid}
+            if config.valid_estimator == "smc":
+                smc = self.parallel.evaluate(  # parallel hook; its own seeded random numbers
+                    partial(smc_per_step, num_particles=config.num_particles, seed=config.seed),
+                    self.model, self.guide, self._batches(splits.valid, shuffle=False))
+                if not math.isfinite(smc):
+                    raise self._diverged(f"the validation SMC estimate per step is {smc:.4g}",
+                                         update=self.step)
+                figures["valid_smc_per_step"] = smc
             self.epoch += 1
-            record = {"epoch": self.epoch, "step": self.step, **record,
-                      "valid_elbo_per_step": valid, "seconds": time.perf_counter() - start,
+            record = {"epoch": self.epoch, "step": self.step, **record, **figures,
+                      "seconds": time.perf_counter() - start,
                       "session": self.session, "lr": config.lr, "clip_norm": config.clip_norm}
-            improved = valid > self.best_valid
+            improved = figures[key] > self.best_valid
             if improved:
-                self.best_valid = valid
+                self.best_valid = figures[key]
                 epochs_without_gain = 0
             else:
                 epochs_without_gain += 1
@@ -533,7 +548,7 @@ class Trainer:
                 self.save(BEST)
             self.reporter.epoch_end(record, self.history, config.epochs)
             if config.patience is not None and epochs_without_gain >= config.patience:
-                self.reporter.say(f"early stopping: no better validation ELBO for "
+                self.reporter.say(f"early stopping: no better validation {self.valid_label} for "
                                   f"{config.patience} epochs")
                 break
         self.reporter.close()
