@@ -34,6 +34,11 @@ ELBOS = ("trace", "jit", "meanfield", "iwae", "fivo", "nasmc", "downstream", "tr
 ELBO_PATHS = ("pyro", "direct", "auto")
 #: The objectives that have a direct path.
 DIRECT_ELBOS = ("trace", "meanfield", "rws")
+#: What each objective's direct path needs of the pair (for messages; :func:`supports_direct_path`).
+_GAUSSIAN_PAIR = "a library model with Gaussian latents and its guide, without a baseline"
+DIRECT_PATH_NEEDS = {"trace": _GAUSSIAN_PAIR, "meanfield": _GAUSSIAN_PAIR,
+                     "rws": "a library model whose carry is z_(t-1) alone (TSBN, SRNN, DMM) "
+                            "and its guide"}
 
 
 def supports_direct_path(kind: str, model, guide) -> bool:
@@ -167,5 +172,5 @@ def make_elbo(kind: str = "trace", *, num_particles: int = 1, discount: float = 
     raise ConfigError(f"unknown elbo {kind!r}; expected one of {list(ELBOS)}")
 
 
-__all__ = ["DIRECT_ELBOS", "ELBO", "ELBOS", "ELBO_PATHS", "JitELBOByLength", "make_elbo",
-           "supports_direct_path"]
+__all__ = ["DIRECT_ELBOS", "DIRECT_PATH_NEEDS", "ELBO", "ELBOS", "ELBO_PATHS", "JitELBOByLength",
+           "make_elbo", "supports_direct_path"]

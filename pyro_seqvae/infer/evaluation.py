@@ -27,8 +27,9 @@ def elbo_per_step(model, guide, batches, *, num_particles: int = 1) -> float:
 
 
 def smc_per_step(model, guide, batches, *, num_particles: int, seed: int = 0) -> float:
-    """SMC's estimate ``sum_b log Z-hat_b`` (:func:`~pyro_seqvae.infer.smc.run_smc`, the guide
-    as the proposal, systematic resampling) divided by the number of real steps.
+    """SMC's estimate ``sum_b log Z-hat_b``
+    (:func:`~pyro_seqvae.infer.smc.estimate_smc_log_likelihood`, the guide as the proposal,
+    systematic resampling) divided by the number of real steps.
 
     It draws from its own random numbers, seeded with ``seed`` at every call, and restores the
     caller's generators afterwards: as a validation figure it is comparable from epoch to epoch
@@ -36,22 +37,19 @@ def smc_per_step(model, guide, batches, *, num_particles: int, seed: int = 0) ->
 
     :param int num_particles: ``K >= 1``.
     """
-    from .smc import run_smc
+    from .smc import estimate_smc_log_likelihood
 
+    batches = list(batches)
+    if sum(int(batch.mask.sum()) for batch in batches) == 0:
+        raise DataError("smc_per_step: no real steps (no batches, or every mask is False)")
     state = pyro.util.get_rng_state()
-    total, steps = 0.0, 0
     try:
         pyro.set_rng_seed(seed)
-        with torch.no_grad():
-            for batch in batches:
-                log_z = run_smc(model, guide, batch.x, batch.mask, num_particles=num_particles)
-                total += float(log_z.log_z.sum())
-                steps += int(batch.mask.sum())
+        estimate = estimate_smc_log_likelihood(model, guide, batches,
+                                               num_particles=num_particles)
     finally:
         pyro.util.set_rng_state(state)
-    if steps == 0:
-        raise DataError("smc_per_step: no real steps (no batches, or every mask is False)")
-    return total / steps
+    return estimate.per_step()["smc_log_likelihood_per_step"]
 
 
 def evaluate_split(model, guide, split, *, particles: int = 500, batch_size: int = 16,

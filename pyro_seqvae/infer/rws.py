@@ -155,8 +155,7 @@ class ReweightedWakeSleep(ELBO):
             return direct_log_densities(model, guide, x, mask, self.num_particles, beta)
         args = (x, mask, beta)
         sampled = _DrawnWithoutGradient()(_in_particle_plate(guide, self.num_particles))
-        guide_trace = poutine.trace(sampled).get_trace(*args)
-        guide_trace.detach_()
+        guide_trace = poutine.trace(sampled).get_trace(*args)  # values drawn without gradient
         replayed = poutine.replay(_in_particle_plate(model, self.num_particles), trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args)
         model_trace.compute_log_prob()

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..guides.baselines import decaying_average_state, restore_decaying_averages
 from ..infer.annealing import LinearKLSchedule
-from ..infer.elbo import DIRECT_ELBOS, make_elbo, supports_direct_path
+from ..infer.elbo import DIRECT_ELBOS, DIRECT_PATH_NEEDS, make_elbo, supports_direct_path
 from ..infer.evaluation import elbo_per_step, smc_per_step
 from .checkpoint import BEST, LAST, load_checkpoint, restore_modules, save_checkpoint
 from .config import TrainConfig
@@ -157,11 +157,9 @@ class Trainer:
                                   "lrd": config.lr_decay, "weight_decay": config.weight_decay})
         path = config.elbo_path if config.elbo in DIRECT_ELBOS else "pyro"
         if path == "direct" and not supports_direct_path(config.elbo, model, guide):
-            needs = ("a library model whose carry is z_(t-1) alone (TSBN, SRNN, DMM) and its "
-                     "guide" if config.elbo == "rws" else "a library model with Gaussian "
-                     "latents and its guide, without a baseline")
             raise ConfigError(
-                f"elbo_path 'direct' (elbo {config.elbo!r} needs {needs}) cannot train "
+                f"elbo_path 'direct' (elbo {config.elbo!r} needs "
+                f"{DIRECT_PATH_NEEDS[config.elbo]}) cannot train "
                 f"{type(model).__name__} with {type(guide).__name__}; use elbo_path 'auto' or "
                 f"'pyro'")
         self.elbo = make_elbo(config.elbo, num_particles=config.num_particles,
@@ -499,6 +497,8 @@ class Trainer:
         self.parallel.begin_fit(self.model, self.guide, seed=config.seed, step=self.step)  # hook
         log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir is not None else None
         key = self.valid_key
+        # the validation batches do not change between epochs (no shuffle, no augmentation)
+        valid_batches = list(self._batches(splits.valid, shuffle=False))
         epochs_without_gain, best = 0, -math.inf  # carried over from the history on resume
         for past in self.history:
             gained = past[key] > best
@@ -513,8 +513,7 @@ class Trainer:
             self.guide.eval()
             with pyro.validation_enabled(config.validate == "always"):
                 valid = self.parallel.evaluate(  # parallel hook: sharded and reduced
-                    elbo_per_step, self.model, self.guide,
-                    self._batches(splits.valid, shuffle=False))
+                    elbo_per_step, self.model, self.guide, valid_batches)
             limit = self._divergence_limit()
             if not math.isfinite(valid) or (limit is not None and -valid > limit):
                 raise self._diverged(
@@ -525,7 +524,7 @@ class Trainer:
             if config.valid_estimator == "smc":
                 smc = self.parallel.evaluate(  # parallel hook; its own seeded random numbers
                     partial(smc_per_step, num_particles=config.num_particles, seed=config.seed),
-                    self.model, self.guide, self._batches(splits.valid, shuffle=False))
+                    self.model, self.guide, valid_batches)
                 if not math.isfinite(smc):
                     raise self._diverged(f"the validation SMC estimate per step is {smc:.4g}",
                                          update=self.step)
