@@ -148,7 +148,7 @@ def plot_training_curves(history: Sequence[dict], *, evaluations: Sequence[dict]
     ax, ax_beta = axes[0, 0], axes[0, 1]
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_objective_per_step"] for r in history], "o-", markersize=3,
-            label="training objective (annealed ELBO)")
+            label="training objective")  # the annealed ELBO, or L_K, log Z-hat
     ax.plot(epochs, [r["valid_elbo_per_step"] for r in history], "s-", markersize=3,
             label="validation ELBO")
     if any("valid_smc_per_step" in r for r in history):
